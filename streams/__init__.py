@@ -1,0 +1,1 @@
+"""actionstream.streams: events, producer, Kafka broker launcher, Faust worker, feature API."""

@@ -1,0 +1,179 @@
+"""Settings: one frozen pydantic-settings object per process, built at the entry point.
+
+Every field reads the environment variable ``ACTIONSTREAM_<FIELD>`` (e.g. ``ACTIONSTREAM_KAFKA_BOOTSTRAP_SERVERS``);
+arguments passed to the constructor win over the environment. Nothing here is built at import time:
+``main()`` of each command calls ``XSettings.load(...)`` and passes the object down.
+
+A bad value fails at start-up with :class:`~streams.errors.ConfigError`, whose message names the variable
+and says what is wrong, e.g.::
+
+    ACTIONSTREAM_PARTITIONS: Input should be greater than or equal to 1 (got '0')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from streams.errors import ConfigError
+
+ENV_PREFIX = "ACTIONSTREAM_"
+DEFAULT_ACTIONS: tuple[str, ...] = ("impression", "click", "save", "closeup", "hide", "share", "comment")
+DEFAULT_SURFACES: tuple[str, ...] = ("homefeed", "search", "related", "profile", "notifications", "other")
+DAY_MS = 86_400_000
+
+S = TypeVar("S", bound="BaseAppSettings")
+
+
+def _split_csv(value: Any) -> Any:
+    """Accept ``a,b,c`` (the natural form in an environment variable) as well as a list."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+CsvTuple = Annotated[tuple[str, ...], NoDecode]
+
+
+class BaseAppSettings(BaseSettings):
+    """Common base: env prefix, frozen, unknown ACTIONSTREAM_* keys ignored, readable errors."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    @classmethod
+    def load(cls: type[S], **overrides: Any) -> S:
+        """Build from environment + overrides; raise :class:`ConfigError` naming each bad variable."""
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc)) from None
+
+    def masked(self) -> dict[str, Any]:
+        """Settings as a dict for logging, secrets shown as ``**********``."""
+        return {k: ("**********" if isinstance(v, SecretStr) and v.get_secret_value() else v)
+                for k, v in self.__dict__.items()}
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = ["invalid settings (fix these environment variables or options):"]
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        got = err.get("input")
+        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {ENV_PREFIX}{field.upper()}: {err['msg']}{got_text}")
+    return "\n".join(lines)
+
+
+class KafkaSettings(BaseAppSettings):
+    """Where Kafka is and how to talk to it; topic names (DESIGN.md contract, names configurable)."""
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+
+    topic_actions: str = Field("user-actions", min_length=1)
+    topic_dlq: str = Field("user-actions-dlq", min_length=1)
+    topic_embeddings: str = Field("pinnerformer-embeddings", min_length=1)
+    partitions: int = Field(8, ge=1, le=10_000, description="shared partition count of user-keyed topics")
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, v: str) -> str:
+        for hostport in v.split(","):
+            host, sep, port = hostport.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError("expected host:port[,host:port...]")
+        return v
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        if self.kafka_security_protocol.startswith("SASL"):
+            if not self.kafka_sasl_mechanism or not self.kafka_sasl_username:
+                raise ValueError(
+                    "kafka_security_protocol is SASL_*: set ACTIONSTREAM_KAFKA_SASL_MECHANISM and "
+                    "ACTIONSTREAM_KAFKA_SASL_USERNAME (and ..._PASSWORD)")
+        for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{ENV_PREFIX}{name.upper()}: file {path} does not exist")
+        return self
+
+    def kafka_python_security(self) -> dict[str, Any]:
+        """Security keyword arguments for kafka-python clients (empty for PLAINTEXT)."""
+        out: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            out.update(sasl_mechanism=self.kafka_sasl_mechanism,
+                       sasl_plain_username=self.kafka_sasl_username,
+                       sasl_plain_password=self.kafka_sasl_password.get_secret_value())
+        if self.kafka_ssl_cafile:
+            out["ssl_cafile"] = str(self.kafka_ssl_cafile)
+        if self.kafka_ssl_certfile:
+            out["ssl_certfile"] = str(self.kafka_ssl_certfile)
+        if self.kafka_ssl_keyfile:
+            out["ssl_keyfile"] = str(self.kafka_ssl_keyfile)
+        return out
+
+
+class EventSettings(BaseAppSettings):
+    """The event contract's tunables (DESIGN.md: Event v1)."""
+
+    actions: CsvTuple = DEFAULT_ACTIONS
+    surfaces: CsvTuple = DEFAULT_SURFACES
+    max_event_bytes: int = Field(16_384, ge=256, le=1_048_576)
+    future_tolerance_ms: int = Field(300_000, ge=0)
+    sequence_length: int = Field(100, ge=1, le=10_000, description="N: actions kept per user")
+    window_days: float = Field(30.0, gt=0, le=3650, description="actions older than this are dropped")
+
+    @field_validator("actions", "surfaces", mode="before")
+    @classmethod
+    def _csv(cls, v: Any) -> Any:
+        return _split_csv(v)
+
+    @field_validator("actions", "surfaces")
+    @classmethod
+    def _vocab(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("needs at least one name")
+        if len(set(v)) != len(v):
+            raise ValueError("names must be unique")
+        if len(v) > 250:
+            raise ValueError("at most 250 names (codes are stored in one byte)")
+        return v
+
+    @property
+    def window_ms(self) -> int:
+        return int(self.window_days * DAY_MS)
+
+
+class ProducerSettings(KafkaSettings, EventSettings):
+    """`actionstream produce` / `simulate`: a kafka-python producer."""
+
+    producer_linger_ms: int = Field(5, ge=0, le=10_000)
+    producer_batch_bytes: int = Field(262_144, ge=1024)
+    producer_compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "lz4"
+
+
+class BrokerSettings(BaseAppSettings):
+    """`actionstream broker`: the embedded single-node Apache Kafka (KRaft) for local use and tests."""
+
+    broker_data_dir: Path = Path(".actionstream/kafka")
+    broker_host: str = "127.0.0.1"
+    broker_port: int = Field(9092, ge=1, le=65535)
+    broker_controller_port: int = Field(9093, ge=1, le=65535)
+    broker_heap: str = Field("768m", pattern=r"^\d+[mMgG]$")
+    broker_lib_dir: Path | None = None  # default: deploy/kafka/lib of this checkout
+    broker_start_timeout_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ports(self) -> BrokerSettings:
+        if self.broker_port == self.broker_controller_port:
+            raise ValueError("ACTIONSTREAM_BROKER_PORT and ACTIONSTREAM_BROKER_CONTROLLER_PORT must differ")
+        return self
