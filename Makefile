@@ -7,6 +7,8 @@ PIP := $(VENV)/bin/pip
 KAFKA_LIB := deploy/kafka/lib
 PYTEST_ARGS ?=
 
+-include mk/*.mk
+
 .PHONY: help install kafka-jars up down demo test test-slow test-faults test-ops lint typecheck bench clean
 
 help: ## list targets
