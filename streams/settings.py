@@ -158,7 +158,9 @@ class ProducerSettings(KafkaSettings, EventSettings):
 
     producer_linger_ms: int = Field(5, ge=0, le=10_000)
     producer_batch_bytes: int = Field(262_144, ge=1024)
-    producer_compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "lz4"
+    # gzip: the one codec both kafka-python and aiokafka (Faust) handle without extra packages;
+    # lz4/zstd/snappy need python-lz4/zstandard + cramjam installed on producers AND consumers.
+    producer_compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "gzip"
 
 
 class BrokerSettings(BaseAppSettings):
