@@ -217,7 +217,7 @@ def build_examples(events: Iterable[Event], codec: SequenceCodec, items: ItemLoo
         uidx = len(users)
         users.append(user)
         for (t_req, imps), seq in zip(reqs, replay_sequences(acts, [r[0] for r in reqs], max_len=codec.max_len,
-                                                             window_ms=codec.window_ms)):
+                                                             window_ms=codec.window_ms), strict=True):
             r = len(req_ts)
             req_ts.append(t_req)
             req_user.append(uidx)
