@@ -5,8 +5,9 @@ Layout (written by the worker's archive agent, read by training and the daily jo
     <archive_dir>/date=YYYY-MM-DD/part-<kafka partition, 3 digits>.jsonl
 
 ``date`` is the UTC day of the event time (``ts``); every line is the canonical Event v1 JSON
-(:func:`streams.events.encode_event`). Delivery is at-least-once, so a line may repeat after a worker
-restart: readers deduplicate by ``event_id`` (``dedup=True``, the default). A plain ``.jsonl`` file (the
+(:func:`streams.events.encode_event`). Delivery is at-least-once (:class:`ArchiveWriter` is flushed before every
+Kafka offset commit, so a committed event is on disk; events re-read after a crash are appended again),
+so a line may repeat after a worker restart: readers deduplicate by ``event_id`` (``dedup=True``, the default). A plain ``.jsonl`` file (the
 simulator's ``--out``) is read the same way, so every consumer accepts either.
 """
 
@@ -20,7 +21,7 @@ import orjson
 
 from streams.events import Event
 
-__all__ = ["archive_path", "day_of", "iter_files", "read_events"]
+__all__ = ["ArchiveWriter", "archive_path", "day_of", "iter_files", "read_events"]
 
 
 def day_of(ts_ms: int) -> dt.date:
@@ -72,3 +73,57 @@ def read_events(paths: Path | str | Iterable[Path | str], *, start: dt.date | No
                             continue
                         seen.add(e.event_id)
                     yield e
+
+
+class ArchiveWriter:
+    """Buffers accepted events and appends them to the archive layout (the worker's archive sink).
+
+    ``append`` is cheap (a list append); ``flush`` writes every buffered line with one ``write`` per file
+    (``date=<UTC day>/part-<partition>.jsonl``, opened in append mode) and is called periodically and
+    before every Kafka offset commit, which makes the archive at-least-once: an event whose input offset
+    was committed is on disk; one processed again after a crash is written again (readers dedup by
+    ``event_id``). A line is only ever written whole by a single ``write`` call; a crash in the middle
+    of one leaves at most a torn last line, which :func:`read_events` skips.
+    """
+
+    def __init__(self, archive_dir: Path) -> None:
+        self.archive_dir = Path(archive_dir)
+        self._buffer: dict[tuple[dt.date, int], list[bytes]] = {}
+        self._day_cache: dict[int, dt.date] = {}
+        self.lines_written = 0
+
+    def append(self, event_json: bytes, ts_ms: int, partition: int) -> None:
+        """Queue one canonical event line (no newline) for ``partition``'s file of its UTC day."""
+        hour = ts_ms // 3_600_000
+        day = self._day_cache.get(hour)
+        if day is None:
+            if len(self._day_cache) > 10_000:
+                self._day_cache.clear()
+            day = self._day_cache[hour] = day_of(ts_ms)
+        buf = self._buffer.get((day, partition))
+        if buf is None:
+            buf = self._buffer[(day, partition)] = []
+        buf.append(event_json)
+
+    @property
+    def pending(self) -> int:
+        return sum(len(v) for v in self._buffer.values())
+
+    def flush(self) -> int:
+        """Write all buffered lines; return how many. Raises OSError (disk full, permissions)."""
+        buffer, self._buffer = self._buffer, {}
+        n = 0
+        items = list(buffer.items())
+        for i, ((day, partition), lines) in enumerate(items):
+            path = archive_path(self.archive_dir, day, partition)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "ab") as fh:
+                    fh.write(b"\n".join(lines) + b"\n")
+            except OSError:
+                for k, v in items[i:]:  # keep what was not written; the caller's commit fails
+                    self._buffer.setdefault(k, [])[:0] = v
+                raise
+            n += len(lines)
+        self.lines_written += n
+        return n

@@ -60,10 +60,12 @@ class BaseAppSettings(BaseSettings):
 def format_validation_error(exc: ValidationError) -> str:
     lines = ["invalid settings (fix these environment variables or options):"]
     for err in exc.errors():
-        field = str(err["loc"][0]) if err["loc"] else "?"
         got = err.get("input")
         got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {ENV_PREFIX}{field.upper()}: {err['msg']}{got_text}")
+        if not err["loc"]:  # a model validator: its message names the variables itself
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+            continue
+        lines.append(f"  {ENV_PREFIX}{str(err['loc'][0]).upper()}: {err['msg']}{got_text}")
     return "\n".join(lines)
 
 
@@ -179,3 +181,72 @@ class BrokerSettings(BaseAppSettings):
         if self.broker_port == self.broker_controller_port:
             raise ValueError("ACTIONSTREAM_BROKER_PORT and ACTIONSTREAM_BROKER_CONTROLLER_PORT must differ")
         return self
+
+
+class WorkerSettings(KafkaSettings, EventSettings):
+    """`actionstream worker`: one Faust stream worker (sequences, feature API, metrics).
+
+    Consumer-group timing (measured, see ``shared/reference/measurements.md``): Faust's defaults (session
+    60 s) made a worker ready after ~33 s. The defaults below bring start-up and takeover to a few seconds:
+
+    * ``session_timeout_s=6``: a worker killed with -9 is declared dead after 6 s. 3 s was measured to
+      work, but on a 2-core machine shared with other work a GC pause or a busy neighbour can stall the
+      loop past 3 s and trigger a needless rebalance; 6 s keeps the margin and still recovers in seconds.
+    * ``heartbeat_interval_s=0.5`` (≤ session/3, Kafka's rule), ``rebalance_timeout_s=10``,
+      ``max_poll_interval_s=30``: a rebalance waits at most 10 s for slow members.
+    * ``commit_interval_s=1``: offsets (and the changelog before them) are committed every second, so a
+      crash replays at most ~1 s of input (replays are harmless: the sequence update is idempotent).
+    * ``standby_replicas=0``: a standby doubles the changelog reading on this 2-core box; with the
+      tuned timeouts a takeover replays the changelog in seconds. Set 1 in production for instant failover.
+    """
+
+    worker_id: str = Field("actionstream", min_length=1, pattern=r"^[A-Za-z0-9._-]+$",
+                           description="Faust app id = consumer group and changelog topic prefix")
+    web_host: str = Field("127.0.0.1", min_length=1)
+    web_port: int = Field(6066, ge=1, le=65535)
+    data_dir: Path | None = Field(None, description="RocksDB dir; default .actionstream/worker-<web_port>")
+    archive_dir: Path | None = Field(Path(".actionstream/archive"), description="event archive; empty = off")
+    archive_flush_interval_s: float = Field(1.0, gt=0, le=3600)
+
+    session_timeout_s: float = Field(6.0, ge=1, le=300)
+    heartbeat_interval_s: float = Field(0.5, gt=0, le=60)
+    rebalance_timeout_s: float = Field(10.0, ge=1, le=600)
+    max_poll_interval_s: float = Field(30.0, ge=1, le=3600)
+    commit_interval_s: float = Field(1.0, gt=0, le=60)
+    standby_replicas: int = Field(0, ge=0, le=10)
+    blocking_timeout_s: float | None = Field(None, gt=0, description="log the stack when the loop blocks this long")
+
+    api_token: SecretStr = Field(SecretStr(""), description="bearer token for the API (empty = no auth)")
+    max_candidates: int = Field(1000, ge=1, le=100_000)
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+    transact_checkpoint: Path | None = None
+    torch_threads: int = Field(1, ge=1, le=256)
+
+    @field_validator("archive_dir", "data_dir", "transact_checkpoint", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _check_worker(self) -> WorkerSettings:
+        if self.heartbeat_interval_s * 3 > self.session_timeout_s:
+            raise ValueError("ACTIONSTREAM_HEARTBEAT_INTERVAL_S must be at most a third of "
+                             "ACTIONSTREAM_SESSION_TIMEOUT_S (Kafka's rule)")
+        if self.transact_checkpoint is not None and not Path(self.transact_checkpoint).is_file():
+            raise ValueError(f"ACTIONSTREAM_TRANSACT_CHECKPOINT: file {self.transact_checkpoint} does not exist")
+        return self
+
+    @property
+    def state_dir(self) -> Path:
+        """Where this worker's RocksDB files live (``data_dir`` or ``.actionstream/worker-<port>``)."""
+        return Path(self.data_dir) if self.data_dir is not None else Path(f".actionstream/worker-{self.web_port}")
+
+    @property
+    def changelog_topic(self) -> str:
+        """Faust's name for the ``sequences`` table changelog topic."""
+        return f"{self.worker_id}-sequences-changelog"
+
+    @property
+    def reroute_topic(self) -> str:
+        """Internal topic carrying events that arrived on a partition that does not own their user."""
+        return f"{self.worker_id}-{self.topic_actions}-by-user"
