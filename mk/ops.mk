@@ -15,16 +15,18 @@ check-prometheus: ## promtool: check the scrape config and rules, run the alert 
 	cd deploy/prometheus && promtool test rules tests/*.yml
 
 demo: install ## against a running `make up`: simulated traffic, daily job, print a user's features and scores
-	$(VENV)/bin/actionstream demo
+	$(VENV)/bin/actionstream demo --state-dir $(STACK_DIR)
+
+STACK_DIR ?= .actionstream
 
 down: ## stop a stack started by `make up` in another terminal (SIGTERM to its pid file)
-	@if [ -f .actionstream/stack.pid ]; then \
-	  pid=$$(cat .actionstream/stack.pid); echo "stopping actionstream up (pid $$pid)"; \
+	@if [ -f $(STACK_DIR)/stack.pid ]; then \
+	  pid=$$(cat $(STACK_DIR)/stack.pid); echo "stopping actionstream up (pid $$pid)"; \
 	  kill -TERM $$pid 2>/dev/null || true; \
 	  for i in $$(seq 120); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
 	  if kill -0 $$pid 2>/dev/null; then echo "still running after 60 s: kill -TERM $$pid"; exit 1; fi; \
 	  echo "stopped"; \
-	else echo "no .actionstream/stack.pid: nothing to stop"; fi
+	else echo "no $(STACK_DIR)/stack.pid: nothing to stop"; fi
 
 test-ops: install ## ops tests: promtool rules, real Prometheus scraping a worker, dashboard/k8s checks
 	$(VENV)/bin/pytest tests/deploy $(PYTEST_ARGS)
