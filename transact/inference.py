@@ -1,0 +1,313 @@
+"""Serving inference for TransAct: batched realtime user vectors and fast one-user x many-candidate scoring.
+
+The worker calls these from an executor thread, never on the event loop. Both classes are cheap to build
+from a checkpoint, hold no per-request state (safe for one caller at a time; concurrent callers would
+share torch's thread pool), and build every batch through :func:`transact.features.build_batch`.
+
+* :class:`Encoder`: the candidate-free TransAct (``early_fusion=False``) over many users at once:
+  ``encode(seqs, request_ts) -> (U, out_dim)``. The batch is cut to its longest real sequence (the rest
+  is padding, masked anyway); the layers are the model's own (reference) forward.
+* :class:`Scorer`: ``score(seq, candidates) -> (C, H)`` probabilities with the early-fusion
+  :class:`~transact.model.RankingModel`. A direct evaluation runs the transformer on C copies of the
+  user's sequence, each with one candidate glued to every row: ~5 GMAC and ~1 GB of memory traffic at
+  C = 500, S = 100, d = 96. This implementation computes exactly the same function (eval mode: no
+  dropout, no time-window mask) with much less work:
+
+  1. **Skip padding**: the sequence is cut to its real length L (padding is masked out of attention and
+     output, so it contributes nothing).
+  2. **Fold the attention weights** (1 head, or per head): softmax rows are invariant to terms that do
+     not depend on the key, so ``q.k = (x Wq^T Wk + bq Wk) . x'`` + const: one (d x d) matrix
+     ``M = Wq^T Wk / sqrt(dh)`` replaces the Q and K projections; and ``P (x Wv^T + bv) Wo^T + bo =
+     P (x N) + c`` with ``N = Wv^T Wo^T`` replaces the V and output projections (rows of P sum to 1).
+  3. **Linear decomposition of early fusion in layer 1**: its input row is ``s_j + e_c`` (sequence part
+     + candidate part in disjoint slots), so the layer-1 scores are ``A[i,j] + B[c,j]`` with the
+     (L x L) sequence term ``A`` computed once per request and the candidate term ``B = cand M_c s^T``
+     a (C x L) product; values are ``P (s N) + (e_c N + c)``: the sequence projection is done once.
+  4. **Cache-sized chunks of candidates**: every later tensor is (chunk, L, d) and stays in cache
+     instead of streaming 19 MB tensors through memory for each elementwise step.
+
+  Everything stays float32 (no reduced precision: this CPU has no native bf16 matmul, and fp32 already
+  meets the target; see ``bench/transact_inference.py``). The parity test
+  ``tests/transact/test_inference.py`` pins fast == ``RankingModel.forward`` within a written tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from streams.items import ItemLookup
+from streams.sequence import Act
+from transact.features import build_batch
+from transact.model import RankingModel, TransAct, load_checkpoint
+
+__all__ = ["Encoder", "Scorer"]
+
+DEFAULT_CHUNK = 32  # candidates per chunk: (32, 100, 96) float32 = 1.2 MB per tensor (fits L2)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One post-LN encoder layer with folded attention weights (see module docstring).
+
+    m: (H, d, d) query-key matrices incl. 1/sqrt(dh); u: (H, d) query bias term; n: (H, d, d) value-output
+    matrices; c: (d,) constant attention output; the rest are the layer's own LayerNorm and FFN tensors.
+    """
+
+    m: Tensor
+    u: Tensor
+    n: Tensor
+    c: Tensor
+    mn: Tensor  # (d, 2d) = [M | N] for nhead == 1: one GEMM for both
+    ln1: tuple[Tensor, Tensor, float]
+    ln2: tuple[Tensor, Tensor, float]
+    w1: Tensor
+    b1: Tensor
+    w2: Tensor
+    b2: Tensor
+
+    @classmethod
+    def fold(cls, layer: nn.TransformerEncoderLayer) -> _Layer:
+        if layer.norm_first or layer.activation_relu_or_gelu != 1:
+            raise ValueError("fast scoring supports the post-LN ReLU encoder layer of transact.model only")
+        attn = layer.self_attn
+        d, h = attn.embed_dim, attn.num_heads
+        dh = d // h
+        w = attn.in_proj_weight.detach().double()
+        b = attn.in_proj_bias.detach().double()
+        wq, wk, wv = w[:d], w[d:2 * d], w[2 * d:]
+        bq, bv = b[:d], b[2 * d:]
+        wo, bo = attn.out_proj.weight.detach().double(), attn.out_proj.bias.detach().double()
+        ms, us, ns = [], [], []
+        c = bo.clone()
+        for k in range(h):
+            sl = slice(k * dh, (k + 1) * dh)
+            ms.append(wq[sl].T @ wk[sl] / math.sqrt(dh))  # (d, d)
+            us.append(bq[sl] @ wk[sl] / math.sqrt(dh))  # (d,)
+            ns.append(wv[sl].T @ wo[:, sl].T)  # (d, d)
+            c = c + bv[sl] @ wo[:, sl].T
+        m, u, n = torch.stack(ms).float(), torch.stack(us).float(), torch.stack(ns).float()
+        return cls(m=m, u=u, n=n, c=c.float(), mn=torch.cat([m[0], n[0]], 1).contiguous(),
+                   ln1=(layer.norm1.weight.detach(), layer.norm1.bias.detach(), layer.norm1.eps),
+                   ln2=(layer.norm2.weight.detach(), layer.norm2.bias.detach(), layer.norm2.eps),
+                   w1=layer.linear1.weight.detach(), b1=layer.linear1.bias.detach(),
+                   w2=layer.linear2.weight.detach(), b2=layer.linear2.bias.detach())
+
+    def finish(self, x: Tensor, attn: Tensor) -> Tensor:
+        """Residual + LN1, FFN + residual + LN2. x, attn: (C, L, d); attn is overwritten."""
+        d = x.shape[-1]
+        y = F.layer_norm(attn.add_(x), (d,), *self.ln1[:2], self.ln1[2])
+        z = F.linear(F.linear(y, self.w1, self.b1).relu_(), self.w2, self.b2)
+        return F.layer_norm(z.add_(y), (d,), *self.ln2[:2], self.ln2[2])
+
+    def forward(self, x: Tensor) -> Tensor:
+        """A general layer on (C, L, d), no mask (padding was cut off)."""
+        heads = self.m.shape[0]
+        if heads == 1:
+            q, v = torch.matmul(x, self.mn).split(x.shape[-1], -1)  # (C, L, d) each
+            q = q + self.u[0]
+            attn = torch.bmm(torch.softmax(torch.bmm(q, x.transpose(1, 2)), -1), v)
+        else:
+            attn = torch.zeros_like(x)
+            for k in range(heads):
+                q = torch.matmul(x, self.m[k]) + self.u[k]
+                attn += torch.bmm(torch.softmax(torch.bmm(q, x.transpose(1, 2)), -1), torch.matmul(x, self.n[k]))
+        return self.finish(x, attn.add_(self.c))
+
+
+class _FusedTransAct:
+    """TransAct with early fusion, evaluated for one sequence x many candidates (see module docstring)."""
+
+    def __init__(self, enc: TransAct, chunk: int) -> None:
+        self.cfg = enc.cfg
+        if not self.cfg.early_fusion:
+            raise ValueError("the fused path is for early fusion")
+        self.layers = [_Layer.fold(layer) for layer in enc.encoder.layers]  # type: ignore[arg-type]
+        self.di = self.cfg.item_dim
+        self.chunk = chunk
+
+    def __call__(self, s: Tensor, cand: Tensor) -> Tensor:
+        """s: (L, d - Di) real sequence rows ``[action_emb; item]``; cand: (C, Di) -> (C, out_dim)."""
+        c, d, di = cand.shape[0], self.cfg.d_model, self.di
+        length = s.shape[0]
+        if length == 0:
+            return cand.new_zeros(c, self.cfg.out_dim)
+        first = self.layers[0]
+        s = F.pad(s, (0, di))  # (L, d): zeros in the candidate slot
+        heads = first.m.shape[0]
+        a = [(s @ first.m[k] + first.u[k]) @ s.T for k in range(heads)]  # (L, L): sequence-only scores
+        g = [first.m[k][d - di:] @ s.T for k in range(heads)]  # (Di, L): candidate x sequence scores
+        sn = [s @ first.n[k] for k in range(heads)]  # (L, d): sequence values
+        nc = [first.n[k][d - di:] for k in range(heads)]  # (Di, d): candidate values
+        out = []
+        for lo in range(0, c, self.chunk):
+            cc = cand[lo:lo + self.chunk]  # (c', Di)
+            n = cc.shape[0]
+            x = s + F.pad(cc, (d - di, 0)).unsqueeze(1)  # (c', L, d): the fused input s_j + e_c
+            attn = first.c.expand(n, length, d).clone()
+            for k in range(heads):
+                p = torch.softmax(a[k] + (cc @ g[k]).unsqueeze(1), -1)  # (c', L, L)
+                attn += (p.view(n * length, length) @ sn[k]).view(n, length, d)
+                attn += (cc @ nc[k]).unsqueeze(1)
+            x = first.finish(x, attn)
+            for layer in self.layers[1:]:
+                x = layer.forward(x)
+            out.append(self.compress(x))
+        return torch.cat(out)
+
+    def compress(self, o: Tensor) -> Tensor:
+        """o (C, L, d), no padding -> (C, out_dim): first K (zero-padded when L < K) + max-pool."""
+        cfg = self.cfg
+        parts = []
+        if cfg.use_first_k:
+            first = o[:, : cfg.first_k]
+            if first.shape[1] < cfg.first_k:
+                first = F.pad(first, (0, 0, 0, cfg.first_k - first.shape[1]))
+            parts.append(first.flatten(1))
+        if cfg.use_max_pool:
+            parts.append(o.amax(1))
+        return torch.cat(parts, 1)
+
+
+def _real_length(batch: dict[str, Tensor]) -> int:
+    return int((batch["action"] != 0).sum(1).max()) if batch["action"].numel() else 0
+
+
+class Scorer:
+    """One user x many candidates with a :class:`~transact.model.RankingModel` (eval mode)."""
+
+    def __init__(self, model: RankingModel, item_lookup: ItemLookup | None, *, threads: int = 1,
+                 chunk: int = DEFAULT_CHUNK, vocab: dict[str, Any] | None = None) -> None:
+        """threads: torch intra-op threads (process-wide setting, from the worker's settings)."""
+        if threads < 1 or chunk < 1:
+            raise ValueError("threads and chunk must be >= 1")
+        torch.set_num_threads(threads)
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.items = item_lookup
+        self.vocab = vocab or {}
+        self.heads = self.cfg.heads
+        t = self.cfg.encoder_config
+        self.seq_len, self.item_dim, self.hash_buckets = t.seq_len, t.item_dim, t.hash_buckets
+        tr = model.transact
+        self.fused = _FusedTransAct(tr, chunk) if tr is not None and tr.cfg.early_fusion else None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, item_store: ItemLookup | None, threads: int = 1,
+                        chunk: int = DEFAULT_CHUNK) -> Scorer:
+        model, _, vocab = load_checkpoint(path)
+        if not isinstance(model, RankingModel):
+            raise ValueError(f"{path}: a Scorer needs a RankingModel checkpoint, got {type(model).__name__}")
+        return cls(model, item_store, threads=threads, chunk=chunk, vocab=vocab)
+
+    @property
+    def model_version(self) -> str:
+        return str(self.vocab.get("model_version", "unversioned"))
+
+    def batches(self, seq: Sequence[Act], candidates: Sequence[str],
+                request_ts: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The user's sequence batch (1 row) and the candidates' batch (C rows, empty sequences)."""
+        kw: dict[str, Any] = {"item_dim": self.item_dim, "hash_buckets": self.hash_buckets}
+        user = build_batch([seq], [request_ts], self.items, self.seq_len, **kw)
+        cands = build_batch([[]], [request_ts], self.items, 0, list(candidates), **kw)
+        return user, cands
+
+    def score_logits(self, seq: Sequence[Act], candidates: Sequence[str], request_ts: int,
+                     daily: np.ndarray | None = None) -> Tensor:
+        """Logits (C, H). ``daily``: the user's PinnerFormer vector (Dp,) or None."""
+        if not candidates:
+            return torch.zeros(0, len(self.heads))
+        user, cands = self.batches(seq, candidates, request_ts)
+        with torch.inference_mode():
+            m = self.model
+            cand = m.items(cands["cand_vec"], cands["cand_has_vec"], cands["cand_hash"])  # (C, Di)
+            c = cand.shape[0]
+            length = _real_length(user) if self.fused is not None else max(_real_length(user), 1)
+            user = {k: v[:, :length] if v.dim() > 1 else v for k, v in user.items()}
+            if self.fused is not None:
+                tr = m.transact
+                assert tr is not None
+                rows = torch.cat([tr.action_emb(user["action"][0]),
+                                  m.items(user["item_vec"][0], user["item_has_vec"][0], user["item_hash"][0])], -1)
+                seq_part: Tensor | None = self.fused(rows, cand)
+            else:
+                one = m.sequence(user, cand[:1])  # candidate-free: once per request
+                seq_part = None if one is None else one.expand(c, -1)
+            extra: dict[str, Tensor] = {}
+            if self.cfg.daily_dim and daily is not None:
+                vec = torch.as_tensor(np.asarray(daily, np.float32)).view(1, -1)
+                if vec.shape[1] != self.cfg.daily_dim:
+                    raise ValueError(f"daily vector has {vec.shape[1]} values, the model expects {self.cfg.daily_dim}")
+                extra = {"daily": vec.expand(c, -1), "daily_mask": torch.ones(c, dtype=torch.bool)}
+            return m.head_logits(m.join(seq_part, cand, extra))
+
+    def score(self, seq: Sequence[Act], candidates: Sequence[str], request_ts: int,
+              daily: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities (C, H) float32, columns in ``self.heads`` order."""
+        return torch.sigmoid(self.score_logits(seq, candidates, request_ts, daily)).numpy()
+
+    def reference_logits(self, seq: Sequence[Act], candidates: Sequence[str], request_ts: int,
+                         daily: np.ndarray | None = None) -> Tensor:
+        """The same logits via ``RankingModel.forward`` on C repeated rows (for parity checks)."""
+        kw: dict[str, Any] = {"item_dim": self.item_dim, "hash_buckets": self.hash_buckets}
+        if self.cfg.daily_dim and daily is not None:
+            c = len(candidates)
+            kw |= {"daily": np.repeat(np.asarray(daily, np.float32).reshape(1, -1), c, 0),
+                   "daily_mask": np.ones(c, bool)}
+        batch = build_batch([seq], [request_ts], self.items, self.seq_len, list(candidates), **kw)
+        with torch.inference_mode():
+            return self.model(batch)
+
+
+class Encoder:
+    """Candidate-free TransAct over many users at once: the realtime user vectors."""
+
+    def __init__(self, model: TransAct, item_lookup: ItemLookup | None, *, threads: int = 1,
+                 vocab: dict[str, Any] | None = None) -> None:
+        if model.cfg.early_fusion:
+            raise ValueError("the realtime encoder needs a candidate-free TransAct (early_fusion=False); "
+                             "train one with realtime_input=True or early_fusion=False")
+        if threads < 1:
+            raise ValueError("threads must be >= 1")
+        torch.set_num_threads(threads)
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.items = item_lookup
+        self.vocab = vocab or {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, item_store: ItemLookup | None, threads: int = 1) -> Encoder:
+        """A TransAct checkpoint, or a RankingModel whose sequence encoder is candidate-free."""
+        model, _, vocab = load_checkpoint(path)
+        enc = model.transact if isinstance(model, RankingModel) else model
+        if enc is None:
+            raise ValueError(f"{path}: this RankingModel has no TransAct sequence encoder")
+        return cls(enc, item_store, threads=threads, vocab=vocab)
+
+    @property
+    def out_dim(self) -> int:
+        return self.cfg.out_dim
+
+    @property
+    def model_version(self) -> str:
+        return str(self.vocab.get("model_version", "unversioned"))
+
+    def encode(self, seqs: Sequence[Sequence[Act]], request_ts: Sequence[int] | int) -> np.ndarray:
+        """U stored sequences (newest first) -> (U, out_dim) float32 realtime vectors (zeros if empty)."""
+        if not seqs:
+            return np.zeros((0, self.out_dim), np.float32)
+        req = [request_ts] if isinstance(request_ts, int) else list(request_ts)
+        batch = build_batch(seqs, req, self.items, self.cfg.seq_len, item_dim=self.cfg.item_dim,
+                            hash_buckets=self.cfg.hash_buckets)
+        length = max(_real_length(batch), 1)
+        batch = {k: v[:, :length] if v.dim() > 1 else v for k, v in batch.items()}
+        with torch.inference_mode():
+            return self.model(batch).numpy()
