@@ -366,13 +366,17 @@ def write_jsonl(sim: Simulator, path: Path, progress: bool = True) -> Counter[st
 
 
 def publish_live(sim: Simulator, settings: ProducerSettings, progress: bool = True) -> tuple[Counter[str], int, float]:
-    """Send each event when the wall clock reaches its arrival time. Returns (counts, acknowledged, seconds)."""
+    """Send each event when the wall clock reaches its arrival time.
+
+    Returns:
+        (counts by action, records acknowledged, seconds from the first send to the last acknowledgement).
+    """
     from streams.producer import ActionProducer  # kafka-python only when publishing
 
     counts: Counter[str] = Counter()
     with ActionProducer(settings) as producer, tqdm(total=sim.expected_events, unit="ev", desc="publish",
                                                     disable=not progress, file=sys.stderr, mininterval=0.5) as bar:
-        t0 = time.monotonic()
+        t0 = None
         pending = 0
         for arrival, e in sim.timed():
             wait = (arrival - now_ms()) / 1000
@@ -380,19 +384,21 @@ def publish_live(sim: Simulator, settings: ProducerSettings, progress: bool = Tr
                 bar.update(pending)
                 pending = 0
                 time.sleep(wait)
+            if t0 is None:
+                t0 = time.monotonic()
             producer.send(e)
             counts[e.action] += 1
             pending += 1
         bar.update(pending)
         acked = producer.flush()
-        elapsed = time.monotonic() - t0
+        elapsed = time.monotonic() - t0 if t0 is not None else 0.0
     return counts, acked, elapsed
 
 
-def _summary(counts: Counter[str], users: int) -> str:
+def _summary(counts: Counter[str]) -> str:
     total = sum(counts.values())
     mix = ", ".join(f"{a} {n} ({n / max(total, 1):.1%})" for a, n in counts.most_common())
-    return f"{total} events from {users} users\n  by action: {mix}"
+    return f"{total} events\n  by action: {mix}"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -438,7 +444,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         counts = write_jsonl(sim, args.out, progress)
         dt = time.monotonic() - t0
-        print(f"wrote {args.out}: {_summary(counts, args.users)}\n  over {days:g} days ending {end}; "  # noqa: T201
+        print(f"wrote {args.out}: {_summary(counts)}\n  over {days:g} days ending {end}; "  # noqa: T201
               f"generated in {dt:.1f}s ({sum(counts.values()) / max(dt, 1e-9):,.0f} events/s)")
         return 0
     settings = ProducerSettings.load(kafka_bootstrap_servers=args.bootstrap, topic_actions=args.topic)
@@ -452,6 +458,6 @@ def run(args: argparse.Namespace) -> int:
              settings.topic_actions, settings.kafka_bootstrap_servers)
     counts, acked, elapsed = publish_live(sim, settings, progress)
     total = sum(counts.values())
-    print(f"published {_summary(counts, args.users)}\n  {acked} acknowledged by Kafka in {elapsed:.1f}s "  # noqa: T201
+    print(f"published {_summary(counts)}\n  {acked} acknowledged by Kafka in {elapsed:.1f}s "  # noqa: T201
           f"({total / max(elapsed, 1e-9):,.0f} events/s) to {settings.topic_actions}")
     return 0
