@@ -265,7 +265,11 @@ def register_api(platform: ApiPlatform) -> None:
             raise ApiError(503, "worker is recovering its state; retry shortly", headers={"Retry-After": "1"})
         owner = owner_of(user_id)
         if owner is None:
-            response = await serve()
+            try:
+                response = await serve()
+            except ApiError as exc:
+                exc.headers[WORKER_HEADER] = me()
+                raise
             response.headers[WORKER_HEADER] = me()
             return response
         if ROUTED_HEADER in request.headers:
