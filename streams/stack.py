@@ -234,7 +234,7 @@ def reap_stale(stack_dir: Path) -> list[int]:
             _signal_group(pid, signal.SIGTERM)
             reaped.append(pid)
     deadline = time.monotonic() + 30
-    while any(_pid_alive(p) for p in reaped) and time.monotonic() < deadline:
+    while any(_pid_alive(p) and not _is_zombie(p) for p in reaped) and time.monotonic() < deadline:
         time.sleep(0.2)
     for pid in reaped:
         _signal_group(pid, signal.SIGKILL)
