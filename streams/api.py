@@ -29,18 +29,29 @@ Every request, errors and 404s included, is timed into ``actionstream_http_reque
 {route, method, status}`` with ``route`` = the route template (``/v1/users/{user_id}/features``, or
 ``unmatched`` for unknown paths: no unbounded label values).
 
+Scoring: ``platform.scorer`` (a :class:`transact.inference.Scorer`, set by whoever loads the checkpoint)
+runs on one dedicated thread, never on the event loop; the handler only reads the user's stored sequence
+and daily record (on the owning worker) and awaits :func:`score_body`. Until a scorer is set the route
+answers 503 ``{"error": "model not loaded"}``; with more than ``MAX_PENDING_SCORES`` requests waiting it
+answers 503 "busy" instead of queueing without bound.
+
 User endpoints answer 503 while the worker is recovering its tables (the state would be incomplete).
+Keys of the ``realtime`` / ``daily`` tables are the UTF-8 bytes of the user id (like ``sequences``);
+``realtime`` values are float32 bytes, ``daily`` values the record's JSON bytes (contracts_topics.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import aiohttp
+import numpy as np
 import orjson
 from aiohttp import web
 from faust.types import TP
@@ -51,9 +62,10 @@ from yarl import URL
 from streams.events import now_ms
 from streams.features import assemble_features, vector_from_bytes
 from streams.metrics import WorkerMetrics
-from streams.sequence import SequenceCodec, decode
+from streams.sequence import Act, SequenceCodec, decode
 
-__all__ = ["ROUTED_HEADER", "WORKER_HEADER", "ApiPlatform", "Scorer", "parse_candidates", "register_api"]
+__all__ = ["ROUTED_HEADER", "WORKER_HEADER", "ApiError", "ApiPlatform", "Scorer", "parse_candidates",
+           "register_api", "score_body"]
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +75,23 @@ AUTH_EXEMPT = frozenset({"/livez", "/readyz", "/metrics"})
 MAX_USER_ID_CHARS = 128
 MAX_ITEM_ID_CHARS = 128
 FORWARD_TIMEOUT_S = 5.0
+MAX_PENDING_SCORES = 16  # score requests queued for the scoring thread before 503 "busy"
 NO_MODEL_VERSION = "none"
 
 
 class Scorer(Protocol):
-    """The TransAct ranking model as the API sees it (implemented by the TransAct serving code).
+    """The TransAct ranking model as the API uses it: :class:`transact.inference.Scorer`.
 
-    ``score`` runs the model (off the event loop) for one user and returns the response body
-    ``{"scores": [{"item_id": str, "<head>": prob, ...}, ...], "model_version": str}``.
+    ``score`` is synchronous CPU work; the API runs it on a one-thread executor, never on the event loop.
     """
 
-    model_version: str
+    heads: tuple[str, ...]
 
-    async def score(self, user_id: str, candidates: list[str]) -> dict[str, Any]: ...
+    @property
+    def model_version(self) -> str: ...
+
+    def score(self, seq: Sequence[Act], candidates: Sequence[str], request_ts: int,
+              daily: np.ndarray | None = None) -> np.ndarray: ...
 
 
 class ApiPlatform(Protocol):
@@ -88,6 +104,7 @@ class ApiPlatform(Protocol):
     codec: SequenceCodec
     tables: Any                   # .sequences (Faust table), optional .realtime / .daily (bytes keys)
     sequences: Any                # streams.tables.SequenceStore: get_blob(user_id), owner(user_key)
+    # optional attributes, read with getattr: scorer (Scorer), encoder (transact.inference.Encoder)
 
     def is_ready(self) -> bool: ...
 
@@ -184,6 +201,28 @@ def decode_daily(value: Any) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def score_body(scorer: Scorer, seq: Sequence[Act], candidates: list[str], request_ts: int,
+               daily: Mapping[str, Any] | None) -> bytes:
+    """Run the scorer and serialise the DESIGN.md answer (runs on the scoring thread, not the event loop).
+
+    Returns:
+        JSON ``{"scores": [{"item_id": c, "<head>": p, ...} for each candidate, in request order],
+        "model_version": str}`` with ``p`` the head's probability (float32 precision).
+    Raises:
+        ValueError: the model and the stored state disagree (e.g. daily vector dimension): a server error.
+    """
+    vector = daily.get("vector") if daily else None
+    daily_vec = np.asarray(vector, dtype=np.float32) if vector else None
+    probs = scorer.score(seq, candidates, request_ts, daily_vec)  # (C, H) float32
+    heads = tuple(scorer.heads)
+    if probs.shape != (len(candidates), len(heads)):
+        raise ValueError(f"scorer returned shape {probs.shape}, expected {(len(candidates), len(heads))}")
+    rows = probs.tolist()
+    return orjson.dumps({"scores": [{"item_id": c, **dict(zip(heads, row, strict=True))}
+                                    for c, row in zip(candidates, rows, strict=True)],
+                         "model_version": scorer.model_version})
+
+
 def _urlident(url: URL) -> tuple[str, int]:
     return (url.host or "", int(url.port or 80))
 
@@ -239,6 +278,14 @@ def make_middleware(platform: ApiPlatform) -> Any:
             hist.labels(route, request.method, str(status)).observe(time.perf_counter() - start)
 
     return middleware
+
+
+class _ScoringQueue:
+    """One scoring thread (torch work off the event loop) and a count of requests waiting for it."""
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actionstream-score")
+        self.pending = 0
 
 
 def register_api(platform: ApiPlatform) -> None:
@@ -316,6 +363,16 @@ def register_api(platform: ApiPlatform) -> None:
             raise ApiError(502, f"owner worker {owner} did not answer: {type(exc).__name__}",
                            headers={"Retry-After": "1"}) from None
 
+    scoring = _ScoringQueue()
+
+    def model_version() -> str:
+        """Version of the realtime model: the encoder's, else the scorer's, else "none"."""
+        for name in ("encoder", "scorer"):
+            model = getattr(platform, name, None)
+            if model is not None:
+                return str(model.model_version)
+        return NO_MODEL_VERSION
+
     def local_state(user_id: str) -> tuple[list[Any], list[float] | None, dict[str, Any] | None]:
         """This worker's stored state of a user it owns: (sequence, realtime vector, daily record)."""
         seq = decode(platform.sequences.get_blob(user_id))
@@ -349,8 +406,7 @@ def register_api(platform: ApiPlatform) -> None:
 
             async def serve() -> web.Response:
                 seq, rt, rec = local_state(user_id)
-                scorer: Scorer | None = getattr(platform, "scorer", None)
-                version = scorer.model_version if scorer is not None else NO_MODEL_VERSION
+                version = model_version()
                 return json_response(assemble_features(user_id, seq, rt, rec, version, now_ms(), codec))
 
             return await route_or_serve(request, user_id, None, serve)  # type: ignore[arg-type]
@@ -368,7 +424,17 @@ def register_api(platform: ApiPlatform) -> None:
                 scorer: Scorer | None = getattr(platform, "scorer", None)
                 if scorer is None:
                     raise ApiError(503, "model not loaded")
-                return json_response(await scorer.score(user_id, candidates))
+                if scoring.pending >= MAX_PENDING_SCORES:
+                    raise ApiError(503, f"scoring queue full ({MAX_PENDING_SCORES} requests waiting); retry",
+                                   headers={"Retry-After": "1"})
+                seq, _, daily = local_state(user_id)
+                scoring.pending += 1
+                try:
+                    body = await asyncio.get_running_loop().run_in_executor(
+                        scoring.executor, score_body, scorer, seq, candidates, now_ms(), daily)
+                finally:
+                    scoring.pending -= 1
+                return web.Response(body=body, content_type="application/json")
 
             return await route_or_serve(request, user_id, body, serve)  # type: ignore[arg-type]
 

@@ -34,7 +34,7 @@ from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from streams.sequence import ACTION, TS, Act, SequenceCodec
+from streams.sequence import Act, SequenceCodec
 
 __all__ = ["HOUR_MS", "DAY_MS", "assemble_features", "sequence_stats", "vector_from_bytes"]
 
@@ -60,11 +60,9 @@ def sequence_stats(seq: Sequence[Act], now_ms: int, codec: SequenceCodec) -> dic
     c_win = [0] * (n_actions + 1)
     last_ts: list[int | None] = [None] * (n_actions + 1)
     t_1h, t_24h, t_win = now_ms - HOUR_MS, now_ms - DAY_MS, now_ms - codec.window_ms
-    for a in seq:
-        code = a[ACTION]
+    for ts, _key, code, _surface, _duration, _item in seq:
         if not 0 < code <= n_actions:
             continue
-        ts = a[TS]
         if last_ts[code] is None:  # newest first: the first one seen is the newest of its type
             last_ts[code] = ts
         if ts >= t_win:
@@ -73,7 +71,7 @@ def sequence_stats(seq: Sequence[Act], now_ms: int, codec: SequenceCodec) -> dic
                 c_24h[code] += 1
                 if ts >= t_1h:
                     c_1h[code] += 1
-    newest = seq[0][TS] if seq else None
+    newest: int | None = seq[0][0] if seq else None
     return {
         "sequence_length": len(seq),
         "last_action_ts": newest,
