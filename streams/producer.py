@@ -8,7 +8,10 @@ on the partition Faust expects.
 
 Delivery errors are never silent: every send's future gets an errback that counts failures and keeps the
 first error, and :meth:`ActionProducer.flush` raises :class:`~streams.errors.DeliveryError` with the
-count and the first error when any record since the previous flush was not acknowledged.
+count and the first error when any record since the previous flush was not acknowledged. kafka-python's
+idempotent producer treats a non-retriable broker error (e.g. a record over the topic's
+``max.message.bytes``) as fatal and fails every later record too: after a ``DeliveryError``, close the
+producer and build a new one. Valid events (at most 16 KiB) never come near the 1 MiB default limit.
 """
 
 from __future__ import annotations
@@ -210,7 +213,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "does, publish the valid ones (unchanged bytes, key = user_id, acks=all) and print a summary: "
         "sent, rejected by reason, and each rejected line number with its reason. Exit codes: 0 = every "
         "line valid and acknowledged; 1 = some lines rejected (the valid ones were still sent and "
-        "acknowledged); 2 = bad settings; 3 = Kafka did not acknowledge some records.")
+        "acknowledged); 2 = bad settings; 3 = Kafka unreachable or did not acknowledge some records.")
     p.add_argument("file", nargs="?", default="-", help="JSON-lines file, or '-' for stdin")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers host:port (env ACTIONSTREAM_KAFKA_BOOTSTRAP_SERVERS)")
     p.add_argument("--topic", help="target topic (env ACTIONSTREAM_TOPIC_ACTIONS; default user-actions)")
@@ -222,7 +225,11 @@ def run(args: argparse.Namespace) -> int:
     settings = ProducerSettings.load(kafka_bootstrap_servers=args.bootstrap, topic_actions=args.topic)
     parser = EventParser.from_settings(settings)
     report = ProduceReport(max_listed=args.max_listed)
-    producer = None if args.dry_run else ActionProducer(settings)
+    try:
+        producer = None if args.dry_run else ActionProducer(settings)
+    except DeliveryError as exc:
+        print(f"actionstream produce: {exc}", file=sys.stderr)  # noqa: T201 - command output
+        return EXIT_DELIVERY
     acked: int | None = None
     try:
         if args.file == "-":
