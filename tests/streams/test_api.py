@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ import orjson
 import pytest
 
 from streams.api import WORKER_HEADER
-from streams.events import Event, encode_event
+from streams.events import Event, encode_event, now_ms
 from streams.features import sequence_stats
 from streams.sequence import Act, SequenceCodec
 from tests.streams.harness import (
@@ -45,6 +46,7 @@ pytestmark = pytest.mark.kafka
 CODEC = SequenceCodec()
 TOKEN = "test-token-" + uuid.uuid4().hex[:8]
 FEATURES_ROUTE = "/v1/users/{user_id}/features"
+ODD_USER_IDS = ("a b", "ü-user", "x/y", "q?z&r", "pct%41")  # must survive quoting and forwarding
 
 
 @dataclass
@@ -71,6 +73,11 @@ def call(url: str, method: str = "GET", body: bytes | None = None, token: str | 
         return Reply(exc.code, dict(exc.headers), exc.read())
 
 
+def q(user_id: str) -> str:
+    """A user id as one URL path segment (ids may hold spaces, '/', '?', non-ASCII)."""
+    return urllib.parse.quote(user_id, safe="")
+
+
 def wait_for_sequences(workers: list[WorkerProc], expected: dict[str, list[Act]], token: str | None = None,
                        timeout_s: float = 60.0) -> None:
     """Until every user's sequence, asked through every worker, equals the offline rebuild."""
@@ -79,7 +86,7 @@ def wait_for_sequences(workers: list[WorkerProc], expected: dict[str, list[Act]]
     def done() -> bool:
         for w in workers:
             for u, seq in want.items():
-                r = call(f"{w.url}/v1/users/{u}/sequence", token=token)
+                r = call(f"{w.url}/v1/users/{q(u)}/sequence", token=token)
                 if r.status != 200 or r.json()["sequence"] != seq:
                     return False
         return True
@@ -251,6 +258,8 @@ def pair(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]
         for w in workers:
             w.wait_ready(timeout_s=60)
         events = make_events(300, 30, seed=11, prefix="p")
+        events += [Event(f"odd-{i}", user, "i1", "click", now_ms() - 1_000, None, None)
+                   for i, user in enumerate(ODD_USER_IDS)]
         produce(kafka.bootstrap, topic, [encode_event(e) for e in events], keys=event_keys(events),
                 partitioner="random")
         expected = expected_state(events, CODEC)
@@ -282,9 +291,10 @@ def test_requests_are_routed_to_the_owning_worker(pair: Pair) -> None:
     served_by: dict[str, str] = {}
     routed = 0
     for user, seq in pair.expected.items():
-        answers = [call(f"{w.url}/v1/users/{user}/sequence", token=TOKEN) for w in pair.workers]
+        answers = [call(f"{w.url}/v1/users/{q(user)}/sequence", token=TOKEN) for w in pair.workers]
         assert [a.status for a in answers] == [200, 200]
         assert answers[0].json() == answers[1].json()
+        assert answers[0].json()["user_id"] == user
         assert answers[0].json()["sequence"] == [CODEC.to_json(a) for a in seq]
         owners = {a.headers[WORKER_HEADER] for a in answers}
         assert len(owners) == 1, f"{user}: two workers claim to own it: {owners}"
@@ -296,8 +306,8 @@ def test_requests_are_routed_to_the_owning_worker(pair: Pair) -> None:
     # POST: the body and the token travel with the forwarded request (the owner would answer 400/401)
     user = next(iter(pair.expected))
     other = next(w for w in pair.workers if w.url != served_by[user])
-    r = call(f"{other.url}/v1/users/{user}/score", "POST", b'{"candidates": ["i1", "i2"]}', token=TOKEN)
+    r = call(f"{other.url}/v1/users/{q(user)}/score", "POST", b'{"candidates": ["i1", "i2"]}', token=TOKEN)
     assert (r.status, r.json()["error"], r.headers[WORKER_HEADER]) == (503, "model not loaded", served_by[user])
-    f = call(f"{other.url}/v1/users/{user}/features", token=TOKEN)
+    f = call(f"{other.url}/v1/users/{q(user)}/features", token=TOKEN)
     assert (f.status, f.headers[WORKER_HEADER], f.json()["sequence_length"]) == \
         (200, served_by[user], len(pair.expected[user]))
