@@ -6,8 +6,10 @@ taken on the candidate; 2 weeks train / 1 week eval (time split).
 
 Our definitions (all configurable in :class:`DataConfig`):
 
-* **Request** = a user's ``impression`` events in one aligned time bucket ``floor(ts / request_ms)``
-  (default 60 s; MovieLens uses 1 day). Request time ``t_req`` = the earliest impression in the bucket.
+* **Request** = a user's ``impression`` events from ``t_req`` to ``t_req + request_ms`` (exclusive), where
+  ``t_req`` (the request time) is the first impression not in an earlier request. Event v1 has no request
+  id, so this is the proxy; default 2 s fits the simulator (a request's impressions lie within 1 s,
+  requests are >= 5 s apart); MovieLens uses 24 h (a user's ratings from the first of the day on).
   Each distinct item impressed in the request is one example (candidate).
 * **Label** of impression ``(user, item, t)``: head ``h`` (default click, save, hide) is 1 iff the user
   did action ``h`` on that item at a time ``t' in [t, t + label_window_ms]`` (default 10 min). Repeated
@@ -57,7 +59,7 @@ class DataConfig:
 
     heads: tuple[str, ...] = ("click", "save", "hide")
     impression_action: str = "impression"
-    request_ms: int = 60_000
+    request_ms: int = 2_000
     label_window_ms: int = 600_000
     seq_len: int = 100  # S of the arrays (<= the worker's max_len; longer stored sequences are truncated)
     eval_fraction: float = 0.2
@@ -73,13 +75,14 @@ class DataConfig:
 
 
 def requests_of(impressions: Sequence[tuple[int, str]], request_ms: int) -> list[tuple[int, list[tuple[int, str]]]]:
-    """Group one user's impressions ``(ts, item_id)`` (sorted by ts) into requests ``(t_req, impressions)``."""
+    """Group one user's impressions ``(ts, item_id)`` (sorted by ts) into requests ``(t_req, impressions)``:
+    a request starts at the first impression not yet grouped and takes every impression up to
+    ``t_req + request_ms - 1``."""
     out: list[tuple[int, list[tuple[int, str]]]] = []
-    bucket = None
+    end = None
     for ts, item in impressions:
-        b = ts // request_ms
-        if b != bucket:
-            bucket = b
+        if end is None or ts >= end:
+            end = ts + request_ms
             out.append((ts, []))
         out[-1][1].append((ts, item))
     return out

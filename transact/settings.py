@@ -25,7 +25,7 @@ class DataSettings(EventSettings):
     items: Path | None = Field(None, description="item vectors JSONL (item_id, vector); none = hashed ids only")
     heads: CsvTuple = ("click", "save", "hide")
     negative_heads: CsvTuple = ("hide",)
-    request_ms: int = Field(60_000, ge=1, description="impressions in one aligned bucket form a request")
+    request_ms: int = Field(2_000, ge=1, description="impressions within this long of a request's first form it")
     label_window_ms: int = Field(600_000, ge=0, description="an action this long after an impression labels it")
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="last fraction of request time held out")
     batch_size: int = Field(512, ge=1, le=1_000_000)
@@ -64,7 +64,7 @@ class TrainSettings(DataSettings):
     """``actionstream train transact``."""
 
     out: Path = Path("runs/transact")
-    config: Literal["tiny", "default"] = "default"
+    config: Literal["tiny", "small", "default"] = "default"
     sequence_encoder: Literal["transact", "average", "none"] = "transact"
     seq_len: int | None = Field(None, ge=1, le=10_000, description="model sequence length; default from --config")
     epochs: int = Field(3, ge=1, le=1000)
@@ -74,6 +74,7 @@ class TrainSettings(DataSettings):
     hide_weight: float = Field(100.0, ge=0, description="label-weight matrix: a hide up-weights other heads")
     hash_buckets: int = Field(100_003, ge=2)
     max_train_examples: int | None = Field(None, ge=1, description="subsample train examples (quick runs)")
+    max_eval_examples: int | None = Field(None, ge=1, description="subsample eval requests to about this many examples")
 
 
 class EvalSettings(DataSettings):

@@ -49,6 +49,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # seconds on a laptop CPU: for tests and smoke runs
     "tiny": {"transact": {"action_emb_dim": 8, "num_layers": 1, "dim_feedforward": 16, "first_k": 4, "seq_len": 20},
              "cross_layers": 1, "mlp_dims": (32,)},
+    # the paper's encoder shape (2 layers, 1 head, FFN 32, K 10, 100 actions) at half width: the ablation
+    # runs 9 trainings on 2 CPU cores (use 16-d item vectors, e.g. `simulate --dim 16`)
+    "small": {"transact": {"action_emb_dim": 16, "num_layers": 2, "dim_feedforward": 32, "first_k": 10,
+                           "seq_len": 100}, "cross_layers": 2, "mlp_dims": (64, 32)},
     # the paper's encoder sizes (2 layers, 1 head, FFN 32, K 10, 100 actions), a smaller MLP
     "default": {"transact": {"action_emb_dim": 32, "num_layers": 2, "dim_feedforward": 32, "first_k": 10,
                              "seq_len": 100}, "cross_layers": 2, "mlp_dims": (128, 64)},
@@ -114,8 +118,9 @@ def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
 def train_model(cfg: RankingConfig, data: PointInTimeData, train_idx: np.ndarray, eval_idx: np.ndarray, *,
                 epochs: int, batch_size: int, lr: float, weight_decay: float = 0.0, warmup_fraction: float = 0.05,
                 seed: int = 0, device: torch.device | str = "cpu", negative_heads: tuple[str, ...] = ("hide",),
-                progress: bool = True, desc: str = "train") -> TrainResult:
-    """Train a :class:`RankingModel` on ``train_idx``; eval loss and metrics on ``eval_idx`` after each epoch."""
+                progress: bool = True, desc: str = "train", eval_each_epoch: bool = True) -> TrainResult:
+    """Train a :class:`RankingModel` on ``train_idx``; eval loss and metrics on ``eval_idx`` after each epoch
+    (or only after the last one with ``eval_each_epoch=False``)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = torch.device(device)
@@ -146,6 +151,10 @@ def train_model(cfg: RankingConfig, data: PointInTimeData, train_idx: np.ndarray
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
         history["step_loss"].extend(losses)
+        if not eval_each_epoch and epoch + 1 < epochs:
+            history["epochs"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                                      "eval_loss": float("nan"), "seconds": time.perf_counter() - t0})
+            continue
         eval_loss = eval_weighted_loss(model, data, eval_idx, seq_len=seq_len, batch_size=max(batch_size, 2048),
                                        device=device)
         metrics = evaluate(model, data, eval_idx, seq_len=seq_len, negative_heads=negative_heads, device=device,
@@ -234,7 +243,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (0 = torch default)")
     p.add_argument("--heads", default=None, help="comma-separated label heads (default click,save,hide)")
-    p.add_argument("--request-ms", type=int, default=None, help="request bucket in ms (default 60000)")
+    p.add_argument("--request-ms", type=int, default=None, help="a request = impressions within this many ms of its first (default 2000)")
     p.add_argument("--label-window-ms", type=int, default=None, help="label window after an impression (600000)")
     p.add_argument("--eval-fraction", type=float, default=None, help="last fraction of time held out (0.2)")
     p.add_argument("--max-train-examples", type=int, default=None, help="subsample the train split")
@@ -248,9 +257,21 @@ def settings_from_args(cls: type[TrainSettings], args: argparse.Namespace, **ext
 
 
 def subsample(idx: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """At most ``n`` of the examples ``idx`` (seeded, order kept)."""
     if n is None or len(idx) <= n:
         return idx
     return np.sort(np.random.default_rng(seed).choice(idx, n, replace=False))
+
+
+def subsample_requests(data: PointInTimeData, idx: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Whole requests (HIT@k ranks inside a request) drawn at random until about ``n`` examples."""
+    if n is None or len(idx) <= n:
+        return idx
+    reqs = np.unique(data.ex_request[idx])
+    rng = np.random.default_rng(seed)
+    per_req = len(idx) / len(reqs)
+    keep = rng.choice(reqs, max(1, int(n / per_req)), replace=False)
+    return idx[np.isin(data.ex_request[idx], keep)]
 
 
 def run(args: argparse.Namespace) -> int:

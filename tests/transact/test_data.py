@@ -26,10 +26,10 @@ def items(*ids: str) -> MemoryItemStore:
     return MemoryItemStore(4, [(i, rng.normal(size=4).astype(np.float32)) for i in ids])
 
 
-def test_requests_group_impressions_by_aligned_bucket() -> None:
-    imps = [(T0 + 1, "a"), (T0 + 59_999, "b"), (T0 + MIN, "c"), (T0 + 5 * MIN + 7, "d")]
-    assert requests_of(imps, MIN) == [(T0 + 1, [(T0 + 1, "a"), (T0 + 59_999, "b")]),
-                                      (T0 + MIN, [(T0 + MIN, "c")]), (T0 + 5 * MIN + 7, [(T0 + 5 * MIN + 7, "d")])]
+def test_requests_start_at_first_impression_and_span_request_ms() -> None:
+    imps = [(T0 + 1, "a"), (T0 + 60_000, "b"), (T0 + 60_001, "c"), (T0 + 5 * MIN + 7, "d")]
+    assert requests_of(imps, MIN) == [(T0 + 1, [(T0 + 1, "a"), (T0 + 60_000, "b")]),
+                                      (T0 + 60_001, [(T0 + 60_001, "c")]), (T0 + 5 * MIN + 7, [(T0 + 5 * MIN + 7, "d")])]
 
 
 def test_sequence_is_strictly_before_request_time_and_labels_follow_window() -> None:
@@ -45,7 +45,7 @@ def test_sequence_is_strictly_before_request_time_and_labels_follow_window() -> 
         ev(9, "v", "a", "click", T0 + 5 * MIN + 1),       # another user's click never labels u
     ]
     random.Random(1).shuffle(events)
-    data = build_examples(events, CODEC, items("x", "y", "a"), DataConfig(seq_len=8), progress=False)
+    data = build_examples(events, CODEC, items("x", "y", "a"), DataConfig(seq_len=8, request_ms=MIN), progress=False)
     assert data.stats["requests"] == 2 and len(data) == 3
     r2 = int(np.flatnonzero(data.request_ts == T0 + 5 * MIN)[0])
     seq_ts = data.seq_ts[r2][data.seq_action[r2] > 0]
