@@ -365,6 +365,10 @@ def register_api(platform: ApiPlatform) -> None:
 
     scoring = _ScoringQueue()
 
+    @app.on_before_shutdown.connect
+    async def _stop_scoring(app_: Any, **kwargs: Any) -> None:
+        scoring.executor.shutdown(wait=False, cancel_futures=True)
+
     def model_version() -> str:
         """Version of the realtime model: the encoder's, else the scorer's, else "none"."""
         for name in ("encoder", "scorer"):
