@@ -378,8 +378,14 @@ def publish_live(sim: Simulator, settings: ProducerSettings, progress: bool = Tr
                                                     disable=not progress, file=sys.stderr, mininterval=0.5) as bar:
         t0 = None
         pending = 0
+        lag = 0  # if the warm-up overran the planned start, shift the schedule instead of bursting
         for arrival, e in sim.timed():
-            wait = (arrival - now_ms()) / 1000
+            if t0 is None:
+                lag = max(0, now_ms() - arrival)
+                if lag > 100:
+                    log.warning("warm-up overran the planned start by %d ms: sending on schedule, "
+                                "event times lag the wall clock by that much", lag)
+            wait = (arrival + lag - now_ms()) / 1000
             if wait > 0.002:
                 bar.update(pending)
                 pending = 0
