@@ -115,7 +115,7 @@ def train_model(s: PinnerFormerSettings, c: Corpus, *, cut_ms: int | None = None
     metrics = {"objective": s.pf_objective, "label_window_days": s.pf_label_window_days, **report,
                "train_users": len(train_u), "eval_users_total": len(eval_u), "train_seconds": time.perf_counter() - t0,
                "final_loss": float(np.mean(hist["loss"][-20:])) if hist["loss"] else float("nan"),
-               "temperature": float(temp()), "history": hist}
+               "temperature": temp().item(), "history": hist}
     return model, metrics
 
 
