@@ -27,7 +27,7 @@ needs ``Authorization: Bearer <token>``, else 401. This includes Faust's own pag
 
 Every request, errors and 404s included, is timed into ``actionstream_http_request_duration_seconds
 {route, method, status}`` with ``route`` = the route template (``/v1/users/{user_id}/features``, or
-``unmatched`` for unknown paths: no unbounded label values).
+``unmatched`` for unknown paths: no unbounded label values; status 499 = the client disconnected).
 
 Scoring: ``platform.scorer`` (a :class:`transact.inference.Scorer`, set by whoever loads the checkpoint)
 runs on one dedicated thread, never on the event loop; the handler only reads the user's stored sequence
@@ -77,6 +77,7 @@ MAX_ITEM_ID_CHARS = 128
 FORWARD_TIMEOUT_S = 5.0
 MAX_PENDING_SCORES = 16  # score requests queued for the scoring thread before 503 "busy"
 NO_MODEL_VERSION = "none"
+CLIENT_CLOSED = 499  # status label of a request whose client disconnected (nginx's convention)
 
 
 class Scorer(Protocol):
@@ -266,6 +267,9 @@ def make_middleware(platform: ApiPlatform) -> Any:
         except ApiError as exc:
             status = exc.status
             return error_response(exc)
+        except asyncio.CancelledError:  # the client went away mid-request
+            status = CLIENT_CLOSED
+            raise
         except web.HTTPException as exc:  # aiohttp's own 404 / 405
             status = exc.status
             return json_response({"error": exc.reason}, exc.status, {k: v for k, v in exc.headers.items()
