@@ -98,3 +98,32 @@ def test_split_is_by_time_with_purge_gap() -> None:
 def test_unknown_head_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="'repin' is not in the vocabulary"):
         build_examples([], CODEC, None, DataConfig(heads=("repin",)), item_dim=4, progress=False)
+
+
+def test_movielens_conversion_on_a_tiny_copy(tmp_path) -> None:
+    from streams.archive import read_events
+    from streams.items import MemoryItemStore
+    from transact.movielens import ITEM_DIM, convert, rating_action
+
+    src = tmp_path / "ml-100k"
+    src.mkdir()
+    (src / "ml-100k.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                       "1\t10\t5\t881250949\n1\t20\t3\t881250950\n2\t10\t1\t881250000\n"
+                                       "2\t20\tbad\t881250001\n1\t30\t4\t881400000\n")
+    (src / "ml-100k.item").write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+                                      "10\tToy Story\t1995\tAnimation Children's Comedy\n20\tOld\t\tDrama\n")
+    counts = convert(src, tmp_path / "out")
+    assert counts["ratings"] == 4 and counts["events_impression"] == 4 and counts["items"] == 2
+    assert [rating_action(r) for r in (5, 4, 3, 2, 1)] == ["save", "save", "click", "hide", "hide"]
+    events = list(read_events(tmp_path / "out" / "events.jsonl"))
+    assert [e.ts for e in events] == sorted(e.ts for e in events)
+    assert ("u1", "m10", "save", 881250949001) in {(e.user_id, e.item_id, e.action, e.ts) for e in events}
+    store = MemoryItemStore.from_file(tmp_path / "out" / "items.jsonl")
+    assert store.dim == ITEM_DIM
+    toy, old = store.get("m10"), store.get("m20")
+    assert toy is not None and old is not None and old[-1] == 1.0 and toy[-1] == 0.0  # unknown-year flag
+    # a day of ratings is one request; ratings of later days see the earlier ones in their sequence
+    data = build_examples(events, CODEC, store, DataConfig(request_ms=86_400_000), progress=False)
+    assert data.stats["requests"] == 3 and len(data) == 4
+    r_late = int(np.argmax(data.request_ts))
+    assert (data.seq_action[r_late] > 0).sum() == 4  # u1's two earlier impressions + save + click
