@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 from streams.events import Event
 from streams.settings import DEFAULT_ACTIONS, DEFAULT_SURFACES, EventSettings
@@ -35,7 +36,12 @@ __all__ = ["Act", "SequenceCodec", "decode", "encode", "event_key", "rebuild", "
 
 # Act = (ts ms, key u64, action code, surface code, duration ms, item_id)
 Act = tuple[int, int, int, int, int, str]
-TS, KEY, ACTION, SURFACE, DURATION, ITEM = range(6)
+TS: Final = 0
+KEY: Final = 1
+ACTION: Final = 2
+SURFACE: Final = 3
+DURATION: Final = 4
+ITEM: Final = 5
 
 VERSION = 1
 _HEADER = struct.Struct("<BH")
