@@ -28,7 +28,8 @@ async def _aiokafka(bootstrap: str, topic: str, n: int) -> float:
                          max_partition_fetch_bytes=4 << 20, fetch_max_bytes=64 << 20)
     await c.start()
     try:
-        parts = c.partitions_for_topic(topic) or set()
+        from bench.env import topic_end_offsets
+        parts = topic_end_offsets(bootstrap, topic)  # aiokafka's metadata only knows topics it was started with
         tps = [TopicPartition(topic, p) for p in parts]
         c.assign(tps)
         await c.seek_to_beginning(*tps)
@@ -91,14 +92,14 @@ def rocksdb_rmw(path: Path, *, users: int, ops: int, fmt: str, seed: int = 3) ->
     try:
         if fmt == "json":
             per_user: dict[bytes, list[dict[str, object]]] = {}
-            for k, v in zip(warm.keys, warm.values):
+            for k, v in zip(warm.keys, warm.values, strict=True):
                 per_user.setdefault(k, []).append(orjson.loads(v))
             for k, lst in per_user.items():
                 db[k] = orjson.dumps(lst[-max_len:])
             loads, dumps = orjson.loads, orjson.dumps
             evs = [loads(v) for v in work.values]
             t0 = time.perf_counter()
-            for k, ev in zip(work.keys, evs):
+            for k, ev in zip(work.keys, evs, strict=True):
                 raw = db.get(k)
                 lst = loads(raw) if raw is not None else []
                 lst.append(ev)
@@ -108,14 +109,14 @@ def rocksdb_rmw(path: Path, *, users: int, ops: int, fmt: str, seed: int = 3) ->
             dt = time.perf_counter() - t0
         elif fmt == "blob":
             blobs: dict[bytes, bytes | None] = {}
-            for k, v in zip(warm.keys, warm.values):
+            for k, v in zip(warm.keys, warm.values, strict=True):
                 e = _event(v)
                 blobs[k] = update_blob(blobs.get(k), codec.to_act(e), max_len=max_len) or blobs.get(k)
             for k, b in blobs.items():
                 db[k] = b
             acts = [codec.to_act(_event(v)) for v in work.values]
             t0 = time.perf_counter()
-            for k, a in zip(work.keys, acts):
+            for k, a in zip(work.keys, acts, strict=True):
                 new = update_blob(db.get(k), a, max_len=max_len)
                 if new is not None:
                     db[k] = new

@@ -89,7 +89,7 @@ async def produce(bootstrap: str, topic: str, keys: list[bytes], values: list[by
     await p.start()
     try:
         futs = []
-        for k, v in zip(keys, values):
+        for k, v in zip(keys, values, strict=True):
             futs.append(await p.send(topic, v, key=k))
             if len(futs) >= 20_000:
                 await asyncio.gather(*futs)

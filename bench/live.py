@@ -1,0 +1,245 @@
+"""Talking to running `actionstream worker` processes: readiness, /metrics, paced producing, HTTP load.
+
+Everything here measures from the outside, through the contracts (``/readyz``, ``/metrics`` names of
+``tasks/metrics_contract.md``, ``GET /v1/users/{id}/features``, the ``sequences`` changelog topic), so it
+keeps working whatever the worker does inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import re
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from bench.procs import Proc
+from streams.events import now_ms
+from streams.sequence import _HEADER, _HS, _REC, event_key
+
+__all__ = ["HttpLoad", "PacedRun", "changelog_freshness", "histogram_quantiles", "metrics_text", "paced_produce",
+           "scrape", "wait_ready"]
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def metrics_text(port: int, timeout: float = 2.0) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:  # noqa: S310
+        return resp.read().decode()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """``{'name{labels}': value}`` of one worker's /metrics."""
+    out: dict[str, float] = {}
+    for line in metrics_text(port).splitlines():
+        m = _SAMPLE.match(line)
+        if m:
+            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def metric(samples: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for key, v in samples.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        if all(f'{k}="{val}"' in rest for k, val in labels.items()):
+            total += v
+    return total
+
+
+def histogram_quantiles(before: dict[str, float], after: dict[str, float], name: str,
+                        qs: Sequence[float], **labels: str) -> list[float | None]:
+    """Quantiles (seconds) of the observations between two scrapes, interpolated inside buckets (the same
+    estimate as PromQL ``histogram_quantile``); None when nothing was observed."""
+    buckets: dict[float, float] = {}
+    for key, v in after.items():
+        base, _, rest = key.partition("{")
+        if base != name + "_bucket" or not all(f'{k}="{val}"' in rest for k, val in labels.items()):
+            continue
+        le = re.search(r'le="([^"]+)"', rest)
+        if le:
+            bound = float("inf") if le.group(1) == "+Inf" else float(le.group(1))
+            buckets[bound] = buckets.get(bound, 0.0) + v - before.get(key, 0.0)
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return [None for _ in qs]
+    total = buckets[bounds[-1]]
+    out: list[float | None] = []
+    for q in qs:
+        rank = q * total
+        prev_b, prev_c = 0.0, 0.0
+        for b in bounds:
+            c = buckets[b]
+            if c >= rank:
+                if b == float("inf"):
+                    out.append(prev_b)
+                else:
+                    out.append(prev_b + (b - prev_b) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 1.0))
+                break
+            prev_b, prev_c = b, c
+    return out
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:  # noqa: S310
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def wait_ready(procs: Sequence[tuple[Proc, int]], timeout: float = 90.0) -> float:
+    """Seconds until every worker answers 200 on /readyz."""
+    t0 = time.monotonic()
+    pending = list(procs)
+    while pending:
+        for p, _port in pending:
+            if not p.alive():
+                raise RuntimeError(f"worker exited before ready:\n{p.tail()}")
+        pending = [(p, port) for p, port in pending if not ready(port)]
+        if pending and time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"worker not ready after {timeout:.0f}s:\n{pending[0][0].tail()}")
+        if pending:
+            time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+@dataclass
+class PacedRun:
+    """Events sent by :func:`paced_produce`: ``sent[event_key] = event ts (ms)``, and the achieved rate."""
+
+    sent: dict[int, int] = field(default_factory=dict)
+    users: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return len(self.sent) / self.seconds if self.seconds else 0.0
+
+
+async def _paced(bootstrap: str, topic: str, rate: float, seconds: float, users: int, seed: int) -> PacedRun:
+    from aiokafka import AIOKafkaProducer
+    rng = np.random.default_rng(seed)
+    w = 1.0 / np.arange(1, users + 1) ** 0.8
+    picks = rng.choice(users, size=int(rate * seconds) + 1, p=w / w.sum())
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks=1)
+    await p.start()
+    run = PacedRun()
+    tick = 0.01
+    try:
+        t0 = time.monotonic()
+        i = 0
+        futs = []
+        while True:
+            elapsed = time.monotonic() - t0
+            if elapsed >= seconds:
+                break
+            due = min(len(picks), int(elapsed * rate) + 1)
+            while i < due:
+                user = f"fresh-{int(picks[i]):06d}"
+                eid = uuid.uuid4().hex
+                ts = now_ms()
+                value = orjson.dumps({"event_id": eid, "user_id": user, "item_id": f"pin-{int(rng.integers(1e6)):09d}",
+                                      "action": "impression", "ts": ts, "surface": "homefeed"})
+                futs.append(await p.send(topic, value, key=user.encode()))
+                run.sent[event_key(eid)] = ts
+                i += 1
+            await asyncio.sleep(tick)
+        run.seconds = time.monotonic() - t0
+        await asyncio.gather(*futs)
+    finally:
+        await p.stop()
+    run.users = sorted({f"fresh-{int(u):06d}" for u in picks[:len(run.sent)]})
+    return run
+
+
+def paced_produce(bootstrap: str, topic: str, *, rate: float, seconds: float, users: int = 2000,
+                  seed: int = 0) -> PacedRun:
+    """Publish fresh events (``ts`` = the wall clock at send) at ``rate``/s for ``seconds`` (10 ms ticks)."""
+    return asyncio.run(_paced(bootstrap, topic, rate, seconds, users, seed))
+
+
+def changelog_freshness(bootstrap: str, changelog: str, sent: dict[int, int]) -> np.ndarray:
+    """Per event: changelog record timestamp (the worker's write time) - event ts, in ms.
+
+    A changelog record carries the user's whole blob; the newest action (its head) is the event that
+    caused the write. Records whose head is not one of ``sent`` are skipped; so are repeats.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20)
+    lat: list[int] = []
+    seen: set[int] = set()
+    try:
+        tps = [TopicPartition(changelog, p) for p in sorted(c.partitions_for_topic(changelog) or ())]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        end = c.end_offsets(tps)
+        deadline = time.monotonic() + 60
+        while any(c.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=500, max_records=50_000).values():
+                for r in recs:
+                    v = r.value
+                    if not v or len(v) < _HS + _REC.size or _HEADER.unpack_from(v, 0)[1] == 0:
+                        continue
+                    ts, key = _REC.unpack_from(v, _HS)[:2]
+                    if key in sent and key not in seen:
+                        seen.add(key)
+                        lat.append(r.timestamp - sent[key])
+    finally:
+        c.close()
+    return np.asarray(lat, dtype=np.float64)
+
+
+class HttpLoad:
+    """GET ``/v1/users/{id}/features`` at a steady rate from one keep-alive connection (a thread)."""
+
+    def __init__(self, port: int, users: Sequence[str], rate: float, seconds: float) -> None:
+        self.port, self.users, self.rate, self.seconds = port, list(users), rate, seconds
+        self.latencies_ms: list[float] = []
+        self.status: dict[int, int] = {}
+        self.errors = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> HttpLoad:
+        self._thread.start()
+        return self
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        period = 1.0 / self.rate
+        t0 = time.monotonic()
+        i = 0
+        while True:
+            due = t0 + i * period
+            now = time.monotonic()
+            if now - t0 >= self.seconds:
+                break
+            if due > now:
+                time.sleep(due - now)
+            user = self.users[i % len(self.users)]
+            s = time.perf_counter()
+            try:
+                conn.request("GET", f"/v1/users/{user}/features")
+                resp = conn.getresponse()
+                resp.read()
+                self.latencies_ms.append((time.perf_counter() - s) * 1e3)
+                self.status[resp.status] = self.status.get(resp.status, 0) + 1
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            i += 1
+        conn.close()
