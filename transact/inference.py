@@ -67,11 +67,12 @@ class _Layer:
     n: Tensor
     c: Tensor
     mn: Tensor  # (d, 2d) = [M | N] for nhead == 1: one GEMM for both
+    mn_bias: Tensor  # (2d,) = [u | c]: q = x M + u and v = x N + c from one addmm
     ln1: tuple[Tensor, Tensor, float]
     ln2: tuple[Tensor, Tensor, float]
-    w1: Tensor
+    w1t: Tensor  # (d, F)
     b1: Tensor
-    w2: Tensor
+    w2t: Tensor  # (F, d)
     b2: Tensor
 
     @classmethod
@@ -96,31 +97,33 @@ class _Layer:
             c = c + bv[sl] @ wo[:, sl].T
         m, u, n = torch.stack(ms).float(), torch.stack(us).float(), torch.stack(ns).float()
         return cls(m=m, u=u, n=n, c=c.float(), mn=torch.cat([m[0], n[0]], 1).contiguous(),
+                   mn_bias=torch.cat([u[0], c.float()]),
                    ln1=(layer.norm1.weight.detach(), layer.norm1.bias.detach(), layer.norm1.eps),
                    ln2=(layer.norm2.weight.detach(), layer.norm2.bias.detach(), layer.norm2.eps),
-                   w1=layer.linear1.weight.detach(), b1=layer.linear1.bias.detach(),
-                   w2=layer.linear2.weight.detach(), b2=layer.linear2.bias.detach())
+                   w1t=layer.linear1.weight.detach().T.contiguous(), b1=layer.linear1.bias.detach(),
+                   w2t=layer.linear2.weight.detach().T.contiguous(), b2=layer.linear2.bias.detach())
 
-    def finish(self, x: Tensor, attn: Tensor) -> Tensor:
-        """Residual + LN1, FFN + residual + LN2. x, attn: (C, L, d); attn is overwritten."""
-        d = x.shape[-1]
-        y = F.layer_norm(attn.add_(x), (d,), *self.ln1[:2], self.ln1[2])
-        z = F.linear(F.linear(y, self.w1, self.b1).relu_(), self.w2, self.b2)
-        return F.layer_norm(z.add_(y), (d,), *self.ln2[:2], self.ln2[2])
+    def finish(self, pre: Tensor) -> Tensor:
+        """pre = x + attention(x), (C, L, d) -> LN1, FFN + residual, LN2 -> (C, L, d). ``pre`` is reused."""
+        shape, d = pre.shape, pre.shape[-1]
+        y = F.layer_norm(pre, (d,), *self.ln1[:2], self.ln1[2]).view(-1, d)  # (C*L, d)
+        h = torch.addmm(self.b1, y, self.w1t).relu_()  # (C*L, F)
+        z = torch.addmm(y, h, self.w2t).add_(self.b2)  # residual y + FFN(y)
+        return F.layer_norm(z, (d,), *self.ln2[:2], self.ln2[2]).view(shape)
 
     def forward(self, x: Tensor) -> Tensor:
         """A general layer on (C, L, d), no mask (padding was cut off)."""
-        heads = self.m.shape[0]
+        heads, (n, length, d) = self.m.shape[0], x.shape
+        xt = x.transpose(1, 2)  # (C, d, L)
         if heads == 1:
-            q, v = torch.matmul(x, self.mn).split(x.shape[-1], -1)  # (C, L, d) each
-            q = q + self.u[0]
-            attn = torch.bmm(torch.softmax(torch.bmm(q, x.transpose(1, 2)), -1), v)
+            q, v = torch.addmm(self.mn_bias, x.view(-1, d), self.mn).view(n, length, 2 * d).split(d, -1)
+            pre = torch.baddbmm(x, torch.softmax(torch.bmm(q, xt), -1), v)  # x + P (x N + c)
         else:
-            attn = torch.zeros_like(x)
+            pre = x + self.c
             for k in range(heads):
                 q = torch.matmul(x, self.m[k]) + self.u[k]
-                attn += torch.bmm(torch.softmax(torch.bmm(q, x.transpose(1, 2)), -1), torch.matmul(x, self.n[k]))
-        return self.finish(x, attn.add_(self.c))
+                pre = torch.baddbmm(pre, torch.softmax(torch.bmm(q, xt), -1), torch.matmul(x, self.n[k]))
+        return self.finish(pre)
 
 
 class _FusedTransAct:
@@ -147,17 +150,20 @@ class _FusedTransAct:
         g = [first.m[k][d - di:] @ s.T for k in range(heads)]  # (Di, L): candidate x sequence scores
         sn = [s @ first.n[k] for k in range(heads)]  # (L, d): sequence values
         nc = [first.n[k][d - di:] for k in range(heads)]  # (Di, d): candidate values
+        s_rep = s.repeat(min(c, self.chunk), 1)  # (chunk L, d)
         out = []
         for lo in range(0, c, self.chunk):
             cc = cand[lo:lo + self.chunk]  # (c', Di)
             n = cc.shape[0]
-            x = s + F.pad(cc, (d - di, 0)).unsqueeze(1)  # (c', L, d): the fused input s_j + e_c
-            attn = first.c.expand(n, length, d).clone()
+            # pre = x + attention(x) = P (s N) + s + (e + e N + c): the residual and the candidate
+            # terms are per-chunk rows, the sequence terms are the once-per-request (L, d) tensors
+            cand_term = F.pad(cc, (d - di, 0)) + first.c  # (c', d)
+            pre = s_rep[: n * length]  # (c' L, d): s repeated (never written: addmm makes a new tensor)
             for k in range(heads):
                 p = torch.softmax(a[k] + (cc @ g[k]).unsqueeze(1), -1)  # (c', L, L)
-                attn += (p.view(n * length, length) @ sn[k]).view(n, length, d)
-                attn += (cc @ nc[k]).unsqueeze(1)
-            x = first.finish(x, attn)
+                pre = torch.addmm(pre, p.view(n * length, length), sn[k])
+                cand_term += cc @ nc[k]
+            x = first.finish(pre.view(n, length, d).add_(cand_term.unsqueeze(1)))
             for layer in self.layers[1:]:
                 x = layer.forward(x)
             out.append(self.compress(x))

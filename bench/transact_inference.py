@@ -1,0 +1,189 @@
+"""TransAct serving inference benchmark: realtime encoder throughput and one-user x many-candidate scoring.
+
+Measures, on this machine, with the default model shapes (TransActConfig / RankingConfig defaults: d 96
+with early fusion, 2 layers, 1 head, FFN 32, K = 10, DCN v2 2 x 1088, MLP 128-64, 3 heads) and randomly
+initialised weights (speed does not depend on the weights):
+
+* :class:`transact.inference.Encoder` (candidate-free, d 64): users with full 100-action sequences,
+  batch sizes 1 / 16 / 128: p50 / p99 latency and sequences/s (batch / p50);
+* :class:`transact.inference.Scorer`: 1 user (100 actions) x 100 / 500 / 1000 candidates, p50 / p99 of
+  the whole ``score()`` call (feature building from an item store included), plus 500 candidates for a
+  user with 20 actions (padding skipped);
+* the direct port of the official forward (``bench/transact_direct_port.py``, nhead 2, float padding
+  mask) on the same 1 x 500 request, with the same DCN v2 + MLP head, and the speed-up ratio (p50/p50);
+* the max |fast - reference| logit difference on the measured request (parity, for the record).
+
+``run(section)`` is what ``bench.run`` calls (figures go into a :class:`bench.report.Section`);
+``python -m bench.transact_inference`` prints a Markdown table. Both return a dict of figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bench.transact_direct_port import DirectPortTransAct
+from streams.items import MemoryItemStore
+from streams.sequence import Act
+from transact.features import build_batch
+from transact.inference import Encoder, Scorer
+from transact.model import RankingConfig, RankingModel, TransAct, TransActConfig
+
+REQ = 1_700_000_000_000
+SCORE_P99_TARGET_MS = 100.0
+SPEEDUP_TARGET = 3.0
+
+
+def _items(n: int = 5000, dim: int = 32, seed: int = 0) -> MemoryItemStore:
+    rng = np.random.default_rng(seed)
+    return MemoryItemStore(dim, [(f"i{k}", rng.standard_normal(dim).astype(np.float32)) for k in range(n)])
+
+
+def _seq(n: int, rng: np.random.Generator, n_items: int = 5000) -> list[Act]:
+    return [(REQ - 1_000 - k * 60_000, k, int(rng.integers(1, 8)), 0, 0, f"i{rng.integers(0, n_items)}")
+            for k in range(n)]
+
+
+def _time(fn: Callable[[], object], reps: int, warmup: int = 2, desc: str = "") -> np.ndarray:
+    """Wall-clock seconds of ``reps`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    out = np.empty(reps)
+    for i in tqdm(range(reps), desc=desc, leave=False, disable=not desc):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = time.perf_counter() - t0
+    return out
+
+
+def _pct(ts: np.ndarray) -> tuple[float, float]:
+    return float(np.percentile(ts, 50) * 1e3), float(np.percentile(ts, 99) * 1e3)
+
+
+def measure(*, threads: int = 2, quick: bool = False, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Run every measurement; returns a flat dict of figures (ms, sequences/s, ratios)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    items = _items()
+    reps = {"enc": 10 if quick else 60, "score": 10 if quick else 100, "port": 3 if quick else 12}
+    res: dict[str, Any] = {"threads": threads, "quick": quick}
+    desc = (lambda s: s) if progress else (lambda s: "")
+
+    encoder = Encoder(TransAct(TransActConfig(early_fusion=False)).eval(), items, threads=threads)
+    for b in (1, 16, 128):
+        seqs = [_seq(100, rng) for _ in range(b)]
+        ts = _time(lambda seqs=seqs: encoder.encode(seqs, REQ), max(5, reps["enc"] // (1 + b // 64)),
+                   desc=desc(f"encoder batch {b}"))
+        p50, p99 = _pct(ts)
+        res[f"encoder_b{b}_p50_ms"], res[f"encoder_b{b}_p99_ms"] = p50, p99
+        res[f"encoder_b{b}_seq_per_s"] = b / (p50 / 1e3)
+
+    model = RankingModel(RankingConfig()).eval()
+    scorer = Scorer(model, items, threads=threads)
+    user = _seq(100, rng)
+    for c in (100, 500, 1000):
+        cands = [f"i{k}" for k in rng.integers(0, 5000, c)]
+        ts = _time(lambda cands=cands: scorer.score(user, cands, REQ), reps["score"] if c <= 500 else reps["score"] // 2,
+                   desc=desc(f"score 1x{c}"))
+        res[f"score_c{c}_p50_ms"], res[f"score_c{c}_p99_ms"] = _pct(ts)
+    cands500 = [f"i{k}" for k in rng.integers(0, 5000, 500)]
+    short = _seq(20, rng)
+    ts = _time(lambda: scorer.score(short, cands500, REQ), reps["score"] // 2, desc=desc("score 1x500, 20 actions"))
+    res["score_c500_len20_p50_ms"], res["score_c500_len20_p99_ms"] = _pct(ts)
+    fast, ref = scorer.score_logits(user, cands500, REQ), scorer.reference_logits(user, cands500, REQ)
+    res["parity_max_abs_logit_diff"] = float((fast - ref).abs().max())
+
+    port = DirectPortTransAct().eval()
+    warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors", category=UserWarning)
+
+    def direct() -> np.ndarray:
+        batch = build_batch([user], [REQ], items, 100, cands500)
+        with torch.inference_mode():
+            cand = model.items(batch["cand_vec"], batch["cand_has_vec"], batch["cand_hash"])
+            item_seq = model.items(batch["item_vec"], batch["item_has_vec"], batch["item_hash"])
+            z = port(batch["action"], item_seq, batch["action_ts"], batch["request_ts"], cand)  # (C, 1056)
+            return torch.sigmoid(model.head_logits(torch.cat([z, cand], 1))).numpy()
+
+    ts = _time(direct, reps["port"], warmup=1, desc=desc("direct port 1x500"))
+    res["direct_port_c500_p50_ms"], res["direct_port_c500_p99_ms"] = _pct(ts)
+    res["speedup_vs_direct_port"] = res["direct_port_c500_p50_ms"] / res["score_c500_p50_ms"]
+    return res
+
+
+def to_markdown(res: dict[str, Any]) -> str:
+    lines = [f"### TransAct inference ({res['threads']} torch threads{', quick' if res['quick'] else ''})", "",
+             "| measure | p50 | p99 | throughput |", "|---|---:|---:|---:|"]
+    for b in (1, 16, 128):
+        lines.append(f"| encoder, batch {b} (100 actions each) | {res[f'encoder_b{b}_p50_ms']:.2f} ms | "
+                     f"{res[f'encoder_b{b}_p99_ms']:.2f} ms | {res[f'encoder_b{b}_seq_per_s']:,.0f} seq/s |")
+    for c in (100, 500, 1000):
+        lines.append(f"| score 1 user (100 actions) x {c} candidates | {res[f'score_c{c}_p50_ms']:.1f} ms | "
+                     f"{res[f'score_c{c}_p99_ms']:.1f} ms | |")
+    lines.append(f"| score 1 user (20 actions) x 500 | {res['score_c500_len20_p50_ms']:.1f} ms | "
+                 f"{res['score_c500_len20_p99_ms']:.1f} ms | |")
+    lines.append(f"| direct port of the official forward, 1 x 500 | {res['direct_port_c500_p50_ms']:.0f} ms | "
+                 f"{res['direct_port_c500_p99_ms']:.0f} ms | |")
+    ok99 = res["score_c500_p99_ms"] <= SCORE_P99_TARGET_MS
+    okx = res["speedup_vs_direct_port"] >= SPEEDUP_TARGET
+    lines += ["", f"- speed-up vs direct port (p50/p50, 1 x 500): **{res['speedup_vs_direct_port']:.2f}x** "
+              f"(target >= {SPEEDUP_TARGET:.0f}x: {'met' if okx else 'NOT met'})",
+              f"- 1 x 500 p99 {res['score_c500_p99_ms']:.1f} ms (target <= {SCORE_P99_TARGET_MS:.0f} ms: "
+              f"{'met' if ok99 else 'NOT met'})",
+              f"- parity: max |fast - RankingModel.forward| logit difference {res['parity_max_abs_logit_diff']:.1e}"]
+    return "\n".join(lines)
+
+
+def run(section: Any = None, *, threads: int = 2, quick: bool = False, seed: int = 0,
+        progress: bool = True) -> dict[str, Any]:
+    """Measure and, when given a ``bench.report.Section``, add the figures to it. Returns the figures."""
+    res = measure(threads=threads, quick=quick, seed=seed, progress=progress)
+    if section is not None:
+        for b in (1, 16, 128):
+            section.add(f"encoder batch {b}: p50", res[f"encoder_b{b}_p50_ms"], "ms")
+            section.add(f"encoder batch {b}: p99", res[f"encoder_b{b}_p99_ms"], "ms")
+            section.add(f"encoder batch {b}: throughput", res[f"encoder_b{b}_seq_per_s"], "sequences/s")
+        for c in (100, 500, 1000):
+            section.add(f"score 1 x {c}: p50", res[f"score_c{c}_p50_ms"], "ms")
+            p99 = res[f"score_c{c}_p99_ms"]
+            if c == 500:
+                section.add("score 1 x 500: p99", p99, "ms", target=f"≤ {SCORE_P99_TARGET_MS:.0f} ms",
+                            ok=p99 <= SCORE_P99_TARGET_MS)
+            else:
+                section.add(f"score 1 x {c}: p99", p99, "ms")
+        section.add("score 1 x 500, 20-action user: p50", res["score_c500_len20_p50_ms"], "ms")
+        section.add("direct port 1 x 500: p50", res["direct_port_c500_p50_ms"], "ms")
+        section.add("speed-up vs direct port", res["speedup_vs_direct_port"], "×", target=f"≥ {SPEEDUP_TARGET:.0f}×",
+                    ok=res["speedup_vs_direct_port"] >= SPEEDUP_TARGET)
+        section.add("parity max |Δ logit|", res["parity_max_abs_logit_diff"], "")
+        section.notes.append(f"{threads} torch threads; default model shapes, random weights; user sequences of "
+                             "100 actions; scoring time includes feature building from an in-memory item store")
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.transact_inference",
+                                description="Benchmark TransAct serving inference (realtime encoder, candidate "
+                                            "scoring, direct port of the official forward) and print a Markdown table.")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2: this machine's cores)")
+    p.add_argument("--quick", action="store_true", help="few repetitions (a smoke run; p99 is then rough)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    args = p.parse_args(argv)
+    res = run(threads=args.threads, quick=args.quick, seed=args.seed)
+    print(to_markdown(res))
+    if args.json:
+        import orjson
+        with open(args.json, "wb") as f:
+            f.write(orjson.dumps(res, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
