@@ -438,8 +438,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         days = args.days if args.days is not None else args.duration / 86_400
         if not 0 < days <= 29:
-            raise SystemExit("actionstream simulate: --days must be in (0, 29] so every event is inside the "
-                             "30-day window when it is published later")
+            print("actionstream simulate: --days must be in (0, 29] so every event is inside the 30-day "  # noqa: T201
+                  "window when it is published later", file=sys.stderr)
+            return 2
         end = args.end_ms if args.end_ms is not None else now_ms()
         span_ms = int(days * DAY_MS)
         n = args.events if args.events is not None else int(args.rate * args.duration)

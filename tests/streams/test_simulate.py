@@ -168,6 +168,7 @@ def test_cli_out_mode_is_deterministic_and_loadable(tmp_path: Path, capsys: pyte
     assert {e["item_id"] for e in events} <= item_ids
 
 
-def test_cli_refuses_history_older_than_the_window(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="--days"):
-        main(["simulate", "--out", str(tmp_path / "x.jsonl"), "--days", "45"])
+def test_cli_refuses_history_older_than_the_window(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--out", str(tmp_path / "x.jsonl"), "--days", "45"]) == 2
+    assert "--days must be in (0, 29]" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
