@@ -215,17 +215,17 @@ def run_foreground(settings: BrokerSettings) -> int:
     signal.signal(signal.SIGINT, _stop)
     t0 = time.monotonic()
     broker.start()
-    print(f"Apache Kafka ready at {broker.bootstrap} in {time.monotonic() - t0:.1f}s "
+    print(f"Apache Kafka ready at {broker.bootstrap} in {time.monotonic() - t0:.1f}s "  # noqa: T201 - console output
           f"(data {broker.data_dir}, log {broker.log_file}); Ctrl-C to stop", flush=True)
     try:
         while not stopping:
             assert broker.proc is not None
             if broker.proc.poll() is not None:
-                print(f"broker exited with code {broker.proc.returncode}; see {broker.log_file}", flush=True)
+                print(f"broker exited with code {broker.proc.returncode}; see {broker.log_file}", flush=True)  # noqa: T201 - console output of `actionstream broker`
                 return 1
             time.sleep(0.5)
     finally:
-        print("stopping Apache Kafka ...", flush=True)
+        print("stopping Apache Kafka ...", flush=True)  # noqa: T201 - console output of `actionstream broker`
         broker.stop()
-        print("stopped", flush=True)
+        print("stopped", flush=True)  # noqa: T201 - console output of `actionstream broker`
     return 0
