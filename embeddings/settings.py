@@ -21,6 +21,9 @@ class PinnerFormerSettings(EventSettings):
     pf_objective: Literal["dense_all_action", "all_action", "next_action", "sasrec"] = "dense_all_action"
     pf_label_window_days: float = Field(28.0, gt=0, description="K: dense/all-action labels from the next K days")
     pf_eval_horizon_days: float = Field(14.0, gt=0, description="Recall@10 positives in (t, t + horizon]")
+    pf_eval_cut: Literal["global", "per_user"] = Field(
+        "global", description="global: one cut t = last event - horizon (train on events <= t); per_user: each "
+                              "held-out user's median action (train users' full timelines)")
     pf_eval_fraction: float = Field(0.2, gt=0, lt=1, description="share of users held out for evaluation")
     pf_min_dwell_ms: int = Field(10_000, ge=0, description="click/closeup count as positive from this dwell")
     pf_steps: int = Field(600, ge=1)

@@ -1,7 +1,7 @@
 """`actionstream train pinnerformer`: train the daily user-embedding model on the event archive.
 
 Data: events (archive dir or JSONL) + item vectors (JSONL); users are split by a stable hash (held-out
-users are never trained on), and training only reads events up to the evaluation cut ``t`` (so the item
+users are never trained on), and with the global cut (default) training only reads events up to ``t`` (so the item
 popularity of the evaluation window does not leak into training). Objective, window, negatives and model
 size come from :class:`~embeddings.settings.PinnerFormerSettings` (``ACTIONSTREAM_PF_*`` or options).
 
@@ -56,7 +56,7 @@ def train_model(s: PinnerFormerSettings, c: Corpus, *, cut_ms: int | None = None
     torch.manual_seed(s.pf_seed)
     rng = np.random.default_rng(s.pf_seed)
     horizon = int(s.pf_eval_horizon_days * DAY_MS)
-    cut = default_cut(c, horizon) if cut_ms is None else cut_ms
+    cut: int | None = (default_cut(c, horizon) if cut_ms is None else cut_ms) if s.pf_eval_cut == "global" else None
     train_u, eval_u = split_users(c.users, s.pf_eval_fraction, s.pf_seed)
     counts = c.positive_counts(train_u, until_ms=cut)
     if counts.sum() == 0:
