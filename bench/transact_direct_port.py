@@ -38,7 +38,7 @@ class DirectPortTransAct(nn.Module):
         s = self.max_seq_len
         action_type_seq, item_embedding_seq = action_type_seq[:, :s], item_embedding_seq[:, :s]
         action_time_seq = action_time_seq[:, :s]
-        idx = self.action_type_lookup[action_type_seq + 1]
+        idx = self.get_buffer("action_type_lookup")[action_type_seq + 1]
         action_emb = self.action_emb_module(idx)
         key_padding_mask = idx <= 0
         if self.training:

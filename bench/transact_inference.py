@@ -20,6 +20,7 @@ initialised weights (speed does not depend on the weights):
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -74,12 +75,14 @@ def measure(*, threads: int = 2, quick: bool = False, seed: int = 0, progress: b
     items = _items()
     reps = {"enc": 10 if quick else 60, "score": 10 if quick else 100, "port": 3 if quick else 12}
     res: dict[str, Any] = {"threads": threads, "quick": quick}
-    desc = (lambda s: s) if progress else (lambda s: "")
+
+    def desc(s: str) -> str:
+        return s if progress else ""
 
     encoder = Encoder(TransAct(TransActConfig(early_fusion=False)).eval(), items, threads=threads)
     for b in (1, 16, 128):
         seqs = [_seq(100, rng) for _ in range(b)]
-        ts = _time(lambda seqs=seqs: encoder.encode(seqs, REQ), max(5, reps["enc"] // (1 + b // 64)),
+        ts = _time(functools.partial(encoder.encode, seqs, REQ), max(5, reps["enc"] // (1 + b // 64)),
                    desc=desc(f"encoder batch {b}"))
         p50, p99 = _pct(ts)
         res[f"encoder_b{b}_p50_ms"], res[f"encoder_b{b}_p99_ms"] = p50, p99
@@ -90,7 +93,7 @@ def measure(*, threads: int = 2, quick: bool = False, seed: int = 0, progress: b
     user = _seq(100, rng)
     for c in (100, 500, 1000):
         cands = [f"i{k}" for k in rng.integers(0, 5000, c)]
-        ts = _time(lambda cands=cands: scorer.score(user, cands, REQ), reps["score"] if c <= 500 else reps["score"] // 2,
+        ts = _time(functools.partial(scorer.score, user, cands, REQ), reps["score"] if c <= 500 else reps["score"] // 2,
                    desc=desc(f"score 1x{c}"))
         res[f"score_c{c}_p50_ms"], res[f"score_c{c}_p99_ms"] = _pct(ts)
     cands500 = [f"i{k}" for k in rng.integers(0, 5000, 500)]

@@ -307,7 +307,7 @@ class RankingModel(nn.Module):
 
     def label_weight_matrix(self, labels: Tensor) -> Tensor:
         """labels (B, H) 0/1 -> head weights (B, H) = max(1, labels @ M^T)."""
-        return label_weight_matrix(labels, self.label_weights)
+        return label_weight_matrix(labels, self.get_buffer("label_weights"))
 
     def loss(self, logits: Tensor, labels: Tensor, head_weights: Tensor | None = None) -> Tensor:
         """Weighted multi-head BCE: mean over the batch of sum_h w_h * BCE(logit_h, y_h)."""
