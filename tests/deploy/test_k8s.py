@@ -211,3 +211,20 @@ def test_service_monitor_selects_the_worker_service() -> None:
     for endpoint in monitor["spec"]["endpoints"]:
         assert endpoint["port"] in svc_ports
         assert endpoint["path"] == "/metrics"
+
+
+def test_cronjob_passes_the_daily_commands_required_options() -> None:
+    """`actionstream daily` has required options: the CronJob must pass every one of them."""
+    import argparse
+
+    from embeddings import daily_job
+
+    parser = argparse.ArgumentParser()
+    daily_job.add_arguments(parser)
+    required = {a.option_strings[0] for a in parser._actions if a.required}
+    (container,) = _one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    script = " ".join(container.get("command", []) + container.get("args", []))
+    assert "actionstream daily" in script
+    assert {opt for opt in required if opt not in script} == set()
+    for var in ("ACTIONSTREAM_DAILY_ARCHIVE", "ACTIONSTREAM_DAILY_CHECKPOINT", "ACTIONSTREAM_DAILY_SNAPSHOTS"):
+        assert f"${var}" in script and var in _one("ConfigMap")["data"]
