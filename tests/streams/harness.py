@@ -186,13 +186,16 @@ def diff_states(actual: dict[str, list[Act]], expected: dict[str, list[Act]]) ->
 
 
 def wait_for_state(bootstrap: str, changelog: str, expected: dict[str, list[Act]],
-                   timeout_s: float = 60.0) -> ChangelogState:
-    """Poll the changelog until it equals ``expected`` (or the timeout: returns the last state read)."""
+                   timeout_s: float = 60.0, users: set[str] | None = None) -> ChangelogState:
+    """Poll the changelog until it equals ``expected`` (or the timeout: returns the last state read).
+
+    ``users``: compare only these users (tests sharing one worker use disjoint users).
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         state = read_changelog(bootstrap, changelog)
-        if diff_states(state.sequences, expected) == {"lost": 0, "extra": 0, "wrong": 0} \
-                or time.monotonic() > deadline:
+        got = state.sequences if users is None else {u: s for u, s in state.sequences.items() if u in users}
+        if diff_states(got, expected) == {"lost": 0, "extra": 0, "wrong": 0} or time.monotonic() > deadline:
             return state
         time.sleep(1.0)
 
@@ -320,3 +323,34 @@ class WorkerProc:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+# ---------------------------------------------------------------------------------------------- HTTP state
+
+def http_state(worker: WorkerProc, users: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every user's ``GET /v1/users/{id}/sequence`` through ``worker`` (the API routes to the owner).
+
+    Users with an empty sequence are left out, like users absent from a rebuild.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    for u in users:
+        for _attempt in range(50):
+            status, body = worker.sequence(u)
+            if status == 200:
+                break
+            time.sleep(0.2)  # 503 during a rebalance: retry
+        else:
+            raise RuntimeError(f"GET sequence of {u} kept answering {status}: {body}")
+        if body["sequence"]:
+            out[u] = body["sequence"]
+    return out
+
+
+def expected_json(expected: dict[str, list[Act]], codec: SequenceCodec | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The API view (``codec.to_json``) of an expected state, for comparison with :func:`http_state`."""
+    codec = codec or SequenceCodec()
+    return {u: [codec.to_json(a) for a in seq] for u, seq in expected.items()}
+
+
+def diff_json(actual: dict[str, list[dict[str, Any]]], expected: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    return diff_states(actual, expected)  # type: ignore[arg-type]
