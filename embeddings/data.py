@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,7 +78,7 @@ class Corpus:
         a, b = self.span(u)
         return a + int(np.searchsorted(self.ts[a:b], t_ms, side="right"))
 
-    def positive_counts(self, users: Sequence[int] | None = None, until_ms: int | None = None) -> np.ndarray:
+    def positive_counts(self, users: Sequence[int] | np.ndarray | None = None, until_ms: int | None = None) -> np.ndarray:
         """(I,) int64 exact count of positive actions per item (the logQ frequencies)."""
         idx = np.concatenate([np.arange(*self.span(u)) for u in users]) if users is not None \
             else np.arange(len(self.ts))
@@ -117,7 +118,7 @@ def build_corpus(events: Iterable[Event], items: ItemLookup | None, *, actions: 
         cols.append((u, e.ts, event_key(e.event_id), it, a_code[e.action], s_code.get(e.surface or "", 0),
                      float(e.duration_ms or 0), rule.is_positive(e.action, e.duration_ms)))
     cols.sort(key=lambda c: (c[0], c[1], c[2]))
-    arr = list(zip(*cols, strict=True)) if cols else [[]] * 8
+    arr: list[Sequence[Any]] = list(zip(*cols, strict=True)) if cols else [[] for _ in range(8)]
     user_col = np.asarray(arr[0], dtype=np.int64)
     offsets = np.zeros(len(users) + 1, dtype=np.int64)
     np.cumsum(np.bincount(user_col, minlength=len(users)), out=offsets[1:])

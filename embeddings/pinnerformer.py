@@ -87,7 +87,8 @@ class Time2Vec(nn.Module):
     def forward(self, t_s: Tensor) -> Tensor:
         """t_s: (…) float64 seconds → (…, 2P+1) float32."""
         # reduce modulo each period in float64 first: epoch seconds × ω loses precision in float32
-        ang = torch.remainder(t_s.unsqueeze(-1) * self.omega, 2 * math.pi).float() + self.phase
+        omega: Tensor = self.omega  # type: ignore[assignment]
+        ang = torch.remainder(t_s.unsqueeze(-1) * omega, 2 * math.pi).float() + self.phase
         return torch.cat([torch.cos(ang), torch.sin(ang), torch.log1p(t_s.abs()).float().unsqueeze(-1)], dim=-1)
 
 
