@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from embeddings.settings import PinnerFormerSettings
-from embeddings.train import load_corpus, train_model
+from embeddings.train import load_corpus, pyplot, save_figure, train_model
 
 __all__ = ["VARIANTS", "compare", "markdown_table"]
 
@@ -79,9 +79,7 @@ def markdown_table(res: dict[str, Any]) -> str:
 
 
 def plot(path: Path, res: dict[str, Any]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     names = list(res["runs"])
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
     for a, key, title in ((ax[0], "recall_at_k", "Recall@10 (held-out users)"),
@@ -94,9 +92,7 @@ def plot(path: Path, res: dict[str, Any]) -> None:
             a.legend()
         a.set(title=title)
         plt.setp(a.get_xticklabels(), rotation=15, ha="right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -119,10 +119,22 @@ def train_model(s: PinnerFormerSettings, c: Corpus, *, cut_ms: int | None = None
     return model, metrics
 
 
-def plot_training(path: Path, hist: dict[str, list[float]], title: str) -> None:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (PNG files, no display)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+
+
+def plot_training(path: Path, hist: dict[str, list[float]], title: str) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.5))
     ax[0].plot(hist["step"], hist["loss"], lw=0.6)
     ax[0].set(title="sampled-softmax loss", xlabel="step")
@@ -131,23 +143,17 @@ def plot_training(path: Path, hist: dict[str, list[float]], title: str) -> None:
     ax[2].plot(hist["eval_step"], hist["eval_recall"], marker="o")
     ax[2].set(title="held-out Recall@10", xlabel="step")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_bars(path: Path, values: dict[str, float], title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(values), 3.6))
     bars = ax.bar(list(values), list(values.values()), color="#4C72B0")
     ax.bar_label(bars, fmt="%.3f")
     ax.set(title=title)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
