@@ -129,7 +129,8 @@ def test_prometheus_scrapes_the_worker(live: Live) -> None:
     assert _value(live.query('up{job="actionstream-worker"}')) == 1
     assert _value(live.query("sum(actionstream_events_rejected_total)")) == live.rejected
     assert _value(live.query("sum(actionstream_events_accepted_total)")) == live.produced - live.rejected
-    assert _value(live.query("max(actionstream_recovery_ready)")) == 1
+    # /readyz was 200 before traffic; a rebalance may flip it briefly, so wait rather than sample once
+    _wait("recovery_ready == 1 in Prometheus", lambda: _value(live.query("min(actionstream_recovery_ready)")) == 1, 30)
     reasons = live.query("actionstream_events_rejected_total")["data"]["result"]
     assert {r["metric"]["reason"] for r in reasons} >= {"invalid_json"}
 
