@@ -1,0 +1,73 @@
+"""The worker's metrics container: every contract name, Prometheus naming rules, an injected registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from streams.metrics import WorkerMetrics
+
+CONTRACT = {
+    "actionstream_events_consumed_total", "actionstream_events_accepted_total",
+    "actionstream_events_rejected_total", "actionstream_events_duplicate_total",
+    "actionstream_processing_seconds", "actionstream_freshness_seconds", "actionstream_table_keys",
+    "actionstream_recovery_ready", "actionstream_recovery_remaining_records",
+    "actionstream_consumer_lag_messages", "actionstream_http_request_duration_seconds",
+    "actionstream_encoder_batch_size", "actionstream_encoder_seconds", "actionstream_model_loaded",
+    "actionstream_model_info", "actionstream_last_event_timestamp_seconds",
+}
+
+
+def _exposed_names(registry: CollectorRegistry) -> set[str]:
+    names = set()
+    for metric in registry.collect():
+        for sample in metric.samples:
+            names.add(sample.name)
+        names.add(metric.name + ("_total" if metric.type == "counter" else ""))
+    return names
+
+
+def _touch(m: WorkerMetrics) -> None:
+    m.events_rejected_total.labels(reason="invalid_json").inc()
+    m.freshness_seconds.labels(stage="sequence").observe(0.02)
+    m.table_keys.labels(table="sequences").set(3)
+    m.consumer_lag_messages.labels(topic="t", partition="0").set(1)
+    m.http_request_duration_seconds.labels(route="/v1/users/{user_id}/features", method="GET",
+                                           status="200").observe(0.001)
+    m.model_loaded.labels(model="transact").set(1)
+    m.model_info.labels(model="transact", version="v1").set(1)
+
+
+def test_every_contract_name_is_exported() -> None:
+    registry = CollectorRegistry()
+    m = WorkerMetrics.create(registry)
+    _touch(m)
+    missing = CONTRACT - _exposed_names(registry)
+    assert not missing
+
+
+def test_naming_rules_no_user_label_and_base_units() -> None:
+    registry = CollectorRegistry()
+    _touch(WorkerMetrics.create(registry))
+    for metric in registry.collect():
+        assert metric.name.startswith("actionstream_")
+        for sample in metric.samples:
+            assert "user_id" not in sample.labels and "user" not in sample.labels
+        if metric.type == "counter":
+            assert any(s.name.endswith("_total") for s in metric.samples)
+        assert not metric.name.endswith(("_ms", "_milliseconds", "_bytes_kb"))
+
+
+def test_registries_are_independent_and_values_readable() -> None:
+    r1, r2 = CollectorRegistry(), CollectorRegistry()
+    m1, m2 = WorkerMetrics.create(r1), WorkerMetrics.create(r2)  # no "Duplicated timeseries"
+    m1.events_accepted_total.inc(3)
+    m1.events_rejected_total.labels(reason="unknown_action").inc()
+    m1.freshness_seconds.labels(stage="sequence").observe(0.3)
+    assert r1.get_sample_value("actionstream_events_accepted_total") == 3
+    assert r2.get_sample_value("actionstream_events_accepted_total") == 0
+    assert r1.get_sample_value("actionstream_events_rejected_total", {"reason": "unknown_action"}) == 1
+    # 0.3 s lands in the 0.5 s bucket, not the 0.25 s one
+    assert r1.get_sample_value("actionstream_freshness_seconds_bucket", {"stage": "sequence", "le": "0.25"}) == 0
+    assert r1.get_sample_value("actionstream_freshness_seconds_bucket", {"stage": "sequence", "le": "0.5"}) == 1
+    assert b"actionstream_events_accepted_total 3.0" in generate_latest(r1)
+    assert m2.events_accepted_total is not m1.events_accepted_total
