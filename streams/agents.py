@@ -105,6 +105,8 @@ class EventHandler:
         self._freshness = m.freshness_seconds.labels(stage="sequence")
         self._last_ts_gauge = m.last_event_timestamp_seconds
         self.last_ts = 0
+        # users whose sequence changed -> event time, for the realtime encoder (streams.realtime); None = off
+        self.dirty: dict[bytes, int] | None = None
 
     def handle(self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int,
                timestamp_s: float | None = None) -> str:
@@ -150,6 +152,8 @@ class EventHandler:
             self._duplicate.inc()
             return "duplicate"
         self._freshness.observe(max(0.0, now - event.ts / 1000))
+        if self.dirty is not None:
+            self.dirty.setdefault(user_key, event.ts)
         if event.ts > self.last_ts:
             self.last_ts = event.ts
             self._last_ts_gauge.set(event.ts / 1000)

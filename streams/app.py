@@ -44,10 +44,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Tables:
-    """The worker's Faust tables. ``realtime`` and ``daily`` arrive with TransAct / PinnerFormer."""
+    """The worker's tables: ``sequences``, ``daily`` (Faust) and ``realtime`` (:mod:`streams.hybrid`).
+
+    ``realtime`` is a :class:`streams.realtime.RealtimeStore` (derived state, no changelog; ``.get(user_key)``
+    -> float32 bytes), None without a realtime checkpoint.
+    """
 
     sequences: faust.Table
-    realtime: faust.Table | None = None
+    realtime: Any = None
     daily: faust.Table | None = None
 
 
@@ -66,6 +70,8 @@ class Platform:
             this worker (``streams.sequence.decode`` it); ``sequences.owner(user_id.encode())`` is the
             owning partition.
         handler: the agent's per-message logic; archive: the archive sink or None.
+        scorer / encoder: :class:`transact.inference.Scorer` / ``Encoder`` loaded from settings, or None
+            (:mod:`streams.hybrid`).
     """
 
     app: faust.App
@@ -78,6 +84,8 @@ class Platform:
     sequences: SequenceStore
     handler: EventHandler
     archive: ArchiveWriter | None = None
+    scorer: Any = None
+    encoder: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def is_ready(self) -> bool:
@@ -184,6 +192,9 @@ def create_platform(settings: WorkerSettings, registry: CollectorRegistry | None
 
     _install_commit_hook(platform)
     _install_timers(platform)
+
+    from streams.hybrid import install_hybrid  # models, realtime vectors, daily table (issue 5)
+    install_hybrid(platform)
 
     from streams.api import register_api  # B2's module; imported here so `--help` stays light
     register_api(platform)

@@ -225,10 +225,15 @@ class WorkerSettings(KafkaSettings, EventSettings):
     api_token: SecretStr = Field(SecretStr(""), description="bearer token for the API (empty = no auth)")
     max_candidates: int = Field(1000, ge=1, le=100_000)
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
-    transact_checkpoint: Path | None = None
+    transact_checkpoint: Path | None = Field(None, description="early-fusion RankingModel (score route); empty = none")
+    realtime_checkpoint: Path | None = Field(None, description="candidate-free TransAct (realtime vectors); empty = none")
+    items_path: Path | None = Field(None, description="item vectors: JSONL file or ItemStore RocksDB dir; empty = hashed ids")
+    encoder_batch_max: int = Field(256, ge=1, le=8192, description="users per realtime-encoder micro-batch")
+    encoder_interval_ms: int = Field(50, ge=0, le=60_000, description="wait between encoder micro-batches")
     torch_threads: int = Field(1, ge=1, le=256)
 
-    @field_validator("archive_dir", "data_dir", "transact_checkpoint", mode="before")
+    @field_validator("archive_dir", "data_dir", "transact_checkpoint", "realtime_checkpoint", "items_path",
+                     mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
@@ -240,6 +245,10 @@ class WorkerSettings(KafkaSettings, EventSettings):
                              "ACTIONSTREAM_SESSION_TIMEOUT_S (Kafka's rule)")
         if self.transact_checkpoint is not None and not Path(self.transact_checkpoint).is_file():
             raise ValueError(f"ACTIONSTREAM_TRANSACT_CHECKPOINT: file {self.transact_checkpoint} does not exist")
+        if self.realtime_checkpoint is not None and not Path(self.realtime_checkpoint).is_file():
+            raise ValueError(f"ACTIONSTREAM_REALTIME_CHECKPOINT: file {self.realtime_checkpoint} does not exist")
+        if self.items_path is not None and not Path(self.items_path).exists():
+            raise ValueError(f"ACTIONSTREAM_ITEMS_PATH: {self.items_path} does not exist (JSONL file or ItemStore dir)")
         return self
 
     @property

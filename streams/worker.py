@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         kafka_bootstrap_servers=args.bootstrap, worker_id=args.worker_id, partitions=args.partitions,
         topic_actions=args.topic_actions, topic_dlq=args.topic_dlq)
     ensure_topics(settings)
+    from streams.daily import ensure_embeddings_topic
+    ensure_embeddings_topic(settings)  # the daily table's source topic (compacted, co-partitioned)
 
     import faust
 
