@@ -8,7 +8,7 @@ TRANSACT_SYN_EVENTS ?= 300000
 TRANSACT_SYN_DAYS ?= 4
 TRANSACT_SEED ?= 0
 TRANSACT_EPOCHS ?= 3
-ABLATE_ARGS ?= --config small --epochs 1 --batch-size 256 --max-train-examples 24000 --max-eval-examples 6000
+ABLATE_ARGS ?= --config small --epochs 2 --batch-size 128 --max-train-examples 24000 --max-eval-examples 6000
 RECBOLE_SPEC := recbole==1.2.1
 
 .PHONY: data-synthetic data-movielens train-transact eval-transact ablate-synthetic ablate-movielens test-transact

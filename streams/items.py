@@ -248,7 +248,7 @@ class ItemStore:
         has = np.zeros(len(ids), bool)
         if not ids:
             return out, has
-        raws = self._db.get([i.encode("utf-8", "surrogatepass") for i in ids])
+        raws: list[bytes | None] = list(self._db.get([i.encode("utf-8", "surrogatepass") for i in ids]) or ())
         for k, raw in enumerate(raws):
             if raw is not None:
                 out[k] = np.frombuffer(raw, dtype="<f4")

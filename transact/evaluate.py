@@ -158,12 +158,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transact.model import RankingModel, load_checkpoint
+    from transact.model import RankingConfig, RankingModel, load_checkpoint
     from transact.settings import EvalSettings
     from transact.train import load_data, pick_device
 
     model, cfg, vocab = load_checkpoint(args.checkpoint)
-    if not isinstance(model, RankingModel):
+    if not isinstance(model, RankingModel) or not isinstance(cfg, RankingConfig):
         from streams.errors import ActionstreamError
         raise ActionstreamError(f"{args.checkpoint} holds a bare TransAct encoder, not a ranking model")
     items = args.items

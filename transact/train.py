@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -159,13 +159,13 @@ def train_model(cfg: RankingConfig, data: PointInTimeData, train_idx: np.ndarray
                                        device=device)
         metrics = evaluate(model, data, eval_idx, seq_len=seq_len, negative_heads=negative_heads, device=device,
                            seed=seed) if len(eval_idx) else {}
+        hit3: dict[str, float] = {h: m["hit@3"] for h, m in metrics.get("heads", {}).items()}
+        aucs: dict[str, float] = {h: m["auc"] for h, m in metrics.get("heads", {}).items()}
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "eval_loss": eval_loss,
-               "seconds": time.perf_counter() - t0,
-               "hit@3": {h: m["hit@3"] for h, m in metrics.get("heads", {}).items()},
-               "auc": {h: m["auc"] for h, m in metrics.get("heads", {}).items()}}
+               "seconds": time.perf_counter() - t0, "hit@3": hit3, "auc": aucs}
         history["epochs"].append(row)
         log.info("%s epoch %d: train loss %.4f, eval loss %.4f, HIT@3 %s, AUC %s (%.1f s)", desc, epoch + 1,
-                 row["train_loss"], eval_loss, _fmt(row["hit@3"]), _fmt(row["auc"]), row["seconds"])
+                 row["train_loss"], eval_loss, _fmt(hit3), _fmt(aucs), row["seconds"])
     bar.close()
     history["final"] = metrics
     return TrainResult(model, history)
@@ -250,7 +250,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs only)")
 
 
-def settings_from_args(cls: type[TrainSettings], args: argparse.Namespace, **extra: Any) -> TrainSettings:
+T = TypeVar("T", bound=TrainSettings)
+
+
+def settings_from_args(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:
+    """Build ``cls`` from the train/ablate command-line options (None = environment or default)."""
     keys = ("events", "items", "out", "config", "sequence_encoder", "seq_len", "epochs", "batch_size", "lr", "seed",
             "device", "threads", "heads", "request_ms", "label_window_ms", "eval_fraction", "max_train_examples")
     return cls.load(**{k: getattr(args, k, None) for k in keys}, **extra)
