@@ -90,11 +90,11 @@ def _scrape(url: str) -> dict[str, float]:
 
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:  # noqa: S310
         text = resp.read().decode()
-    out: Counter[str] = Counter()
+    out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            out[s.name] += s.value
-    return dict(out)
+            out[s.name] = out.get(s.name, 0.0) + float(s.value)
+    return out
 
 
 def _cli(*args: str) -> list[str]:
@@ -126,7 +126,7 @@ def wait_applied(workers: list[str], timeout: float = 120) -> dict[str, float]:
     stable_since = time.monotonic()
     totals: dict[str, float] = {}
     while time.monotonic() < deadline:
-        totals = dict(Counter())
+        totals = {}
         for url in workers:
             for k, v in _scrape(url).items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -234,8 +234,9 @@ def show_user(s: DemoSettings, api: str, user: str, popular: list[str]) -> int:
         shown = _short(value) if key in ("realtime", "daily") else json.dumps(value)
         _say(f"      {key:<24} {shown}")
     _, seq = _http("GET", f"{api}/v1/users/{user}/sequence", token)
-    recent = []
-    for act in (seq.get("sequence", seq.get("actions", [])) if isinstance(seq, dict) else seq or []):
+    recent: list[str] = []
+    acts = seq.get("sequence") if isinstance(seq, dict) else None
+    for act in acts or []:
         item = act.get("item_id") if isinstance(act, dict) else None
         if item and item not in recent:
             recent.append(item)
