@@ -247,8 +247,9 @@ def reap_stale(stack_dir: Path) -> list[int]:
 class Stack:
     """Broker, topics, workers and Prometheus for one local platform (see the module docstring)."""
 
-    def __init__(self, settings: StackSettings) -> None:
+    def __init__(self, settings: StackSettings, log_level: str = "INFO") -> None:
         self.settings = settings
+        self.log_level = log_level
         self.dir = Path(settings.stack_dir).resolve()
         self.logs = self.dir / "logs"
         self.broker: EmbeddedKafka | None = None
@@ -304,7 +305,8 @@ class Stack:
         echo = s.stack_logs == "prefix"
         for i in range(s.stack_workers):
             port = self.worker_port(i)
-            cmd = [sys.executable, "-m", "streams.cli", "worker", "--port", str(port), "--host", "127.0.0.1",
+            cmd = [sys.executable, "-m", "streams.cli", "worker", "--log-level", self.log_level,
+                   "--port", str(port), "--host", "127.0.0.1",
                    "--data-dir", str(self.dir / f"worker-{port}"), "--archive-dir", str(self.dir / "archive"),
                    "--bootstrap", self.bootstrap]
             self.workers.append(Child(f"worker-{i}", cmd, self.logs / f"worker-{i}.log", echo, env).start())
@@ -442,7 +444,7 @@ def run(args: argparse.Namespace) -> int:
         stack_dir=args.state_dir, broker_port=args.kafka_port, broker_controller_port=args.controller_port,
         stack_worker_port=args.worker_port, stack_prometheus_port=args.prometheus_port,
         partitions=args.partitions, stack_logs=args.logs)
-    stack = Stack(settings)
+    stack = Stack(settings, log_level=args.log_level)
 
     def _on_signal(signum: int, _frame: object) -> None:
         log.info("received %s: stopping the stack", signal.Signals(signum).name)
