@@ -18,7 +18,8 @@ user's sequence, and Faust's assignor gives co-subscribed topics with the same p
 worker. :func:`ensure_embeddings_topic` creates the topic (compacted, ``ACTIONSTREAM_PARTITIONS``
 partitions) before the worker starts. A record on another partition (a producer with another partitioner)
 is still stored, on the partition it arrived on, and logged: a single worker serves it, several workers
-may answer ``daily: null`` for that user.
+may answer ``daily: null`` for that user. An existing topic with another partition count stops the worker
+at start-up (:class:`~streams.errors.ConfigError`), as for the input topic.
 
 Bad records (not JSON, missing/invalid fields, key and user_id disagreeing, non-finite values) go to the
 dead-letter topic with a ``daily_*`` reason code (counted in ``actionstream_events_rejected_total{reason}``)
@@ -177,11 +178,15 @@ class DailyHandler:
 
 
 def ensure_embeddings_topic(settings: KafkaSettings) -> None:
-    """Create ``topic_embeddings`` (compacted, ``settings.partitions``) if missing; warn when it differs.
+    """Create ``topic_embeddings`` (compacted, ``settings.partitions``) if missing; verify it otherwise.
 
-    A different partition count or cleanup policy is logged as an error rather than raised: the worker
-    still serves daily vectors on one worker, but several workers may not co-locate a user's records.
+    Raises:
+        ConfigError: the topic exists with another partition count (records would not be co-partitioned
+            with the users' sequences, and the ``daily`` changelog has ``settings.partitions`` partitions)
+            or without ``cleanup.policy=compact`` (old users' records would expire).
+        BrokerError: the cluster cannot be reached or refused the creation.
     """
+    from streams.errors import BrokerError, ConfigError
     from streams.topics import TOPIC_ALREADY_EXISTS, admin_client, describe_topics
 
     name = settings.topic_embeddings
@@ -193,17 +198,21 @@ def ensure_embeddings_topic(settings: KafkaSettings) -> None:
                                                  "configs": {"cleanup.policy": "compact"}}}, raise_errors=False)
             for t in result["topics"]:
                 if t["error_code"] not in (0, TOPIC_ALREADY_EXISTS):
-                    from streams.errors import BrokerError
                     raise BrokerError(f"creating topic {name!r} failed: {t['error_message']}")
             admin.wait_for_topics([name], timeout_ms=30_000)
             log.info("created topic %r (compacted, %d partitions)", name, settings.partitions)
             info = describe_topics(settings, [name], admin=admin)[0]
     finally:
         admin.close()
+    problems = []
     if info.partitions != settings.partitions:
-        log.error("topic %r has %d partitions, ACTIONSTREAM_PARTITIONS=%d: daily records are not co-partitioned "
-                  "with the users' sequences (recreate the topic with %d partitions)", name, info.partitions,
-                  settings.partitions, settings.partitions)
+        problems.append(f"topic {name!r} has {info.partitions} partitions but ACTIONSTREAM_PARTITIONS="
+                        f"{settings.partitions}: daily records must be co-partitioned with the users' sequences. "
+                        f"Point ACTIONSTREAM_TOPIC_EMBEDDINGS at a topic with {settings.partitions} partitions or "
+                        f"recreate {name!r} (`actionstream topics create`).")
     if info.configs.get("cleanup.policy") != "compact":
-        log.error("topic %r has cleanup.policy=%s, needs compact: old daily records will expire", name,
-                  info.configs.get("cleanup.policy"))
+        problems.append(f"topic {name!r} has cleanup.policy={info.configs.get('cleanup.policy')} but needs compact: "
+                        f"kafka-configs --alter --entity-type topics --entity-name {name} --add-config "
+                        "cleanup.policy=compact")
+    if problems:
+        raise ConfigError("\n".join(problems))

@@ -271,3 +271,19 @@ def test_marking_happens_only_for_changed_sequences(tmp_path: Path) -> None:
     assert outcomes == ["applied", "applied", "duplicate"]
     assert dirty == {key: e1.ts}
     platform.tables.realtime.close()
+
+
+@pytest.mark.kafka
+def test_embeddings_topic_is_created_compacted_and_checked(kafka: object, unique_topic: object) -> None:
+    from streams.daily import ensure_embeddings_topic
+    from streams.topics import describe_topics
+
+    name = unique_topic("emb")  # type: ignore[operator]
+    s = WorkerSettings.load(kafka_bootstrap_servers=kafka.bootstrap, topic_embeddings=name,  # type: ignore[attr-defined]
+                            partitions=3)
+    ensure_embeddings_topic(s)
+    ensure_embeddings_topic(s)  # idempotent
+    info = describe_topics(s, [name])[0]
+    assert info.partitions == 3 and info.configs["cleanup.policy"] == "compact"
+    with pytest.raises(ConfigError, match="has 3 partitions but ACTIONSTREAM_PARTITIONS=4"):
+        ensure_embeddings_topic(s.model_copy(update={"partitions": 4}))
