@@ -102,7 +102,7 @@ def decode(blob: bytes | bytearray | memoryview | None) -> list[Act]:
         return []
     end = _HS + n * _RS
     ids = bytes(blob[end:]).decode("utf-8", "surrogatepass").split("\x00")
-    return [(*r, i) for r, i in zip(_REC.iter_unpack(blob[_HS:end]), ids)]  # type: ignore[misc]
+    return [(*r, i) for r, i in zip(_REC.iter_unpack(blob[_HS:end]), ids, strict=True)]  # type: ignore[misc]
 
 
 def blob_len(blob: bytes | None) -> int:
