@@ -118,6 +118,13 @@ class Report:
         params = {k: v for k, v in self.params.items()}
         if params:
             lines += ["Parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()), ""]
+        import os
+        load = self.params.get("load_1min_at_start")
+        cpus = os.cpu_count() or 1
+        if isinstance(load, float) and load > 0.5 * cpus:
+            lines += [f"> ⚠ The machine was busy when this run started (1-minute load average {load:.1f} on {cpus} "
+                      "CPUs, before the benchmark's own broker and workers): throughput and latency figures are "
+                      "pessimistic. Re-run `make bench` on an idle machine for figures to publish.", ""]
         for s in self.sections:
             lines.append(f"## {s.title}")
             lines.append("")
