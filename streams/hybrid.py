@@ -12,26 +12,35 @@
 * a 1 s timer for ``actionstream_table_keys{table="realtime"|"daily"}`` and
   ``actionstream_model_loaded{model="pinnerformer_daily"}`` (1 while this worker holds daily records).
 
-Rolling in a new checkpoint: see :mod:`streams.models` (a rolling restart with the new paths; no state is
-lost, vectors are recomputed under the new version). Reloading in place is not offered: a restart takes a
-few seconds with the tuned consumer timeouts and keeps one code path.
+Rolling in a new checkpoint (see also :mod:`streams.models`): nothing in the worker's state depends on the
+model, so either
+
+* a rolling restart with the new ``ACTIONSTREAM_TRANSACT_CHECKPOINT`` / ``ACTIONSTREAM_REALTIME_CHECKPOINT``
+  (sequences come back from local RocksDB or the changelog; vectors are recomputed under the new version), or
+* replace the files at the configured paths and send ``SIGHUP``: :func:`reload_models` loads them in a
+  thread, then swaps ``platform.scorer`` / ``platform.encoder`` between two requests / encoder batches.
+  Stored vectors of the old version read as missing and are recomputed on the user's next action or read.
+  A failed load keeps the old models (logged); the paths themselves cannot change without a restart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from typing import TYPE_CHECKING, Any
 
 import faust
 
 from streams.daily import DailyHandler, DailyStore, create_daily_table
-from streams.models import MODEL_DAILY, load_models, set_model_gauges
+from streams.errors import ConfigError
+from streams.models import MODEL_DAILY, Models, load_models, set_model_gauges
 from streams.realtime import RealtimeEncoder, RealtimeStore
 
 if TYPE_CHECKING:
     from streams.app import Platform
 
-__all__ = ["install_hybrid"]
+__all__ = ["install_hybrid", "reload_models"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +89,14 @@ def install_hybrid(platform: Platform) -> None:
             encoder_service.stop()
             log.info("realtime encoder stopped after %d vectors", encoder_service.encoded_total)
 
+    @app.task
+    async def install_sighup() -> None:
+        try:
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(reload_models(platform)))
+        except (NotImplementedError, RuntimeError, ValueError) as exc:  # not the main thread / no signals
+            log.warning("SIGHUP model reload not available: %s", exc)
+
     keys = metrics.table_keys
     daily_loaded = metrics.model_loaded.labels(model=MODEL_DAILY)
 
@@ -95,3 +112,29 @@ def install_hybrid(platform: Platform) -> None:
              models.scorer.model_version if models.scorer is not None else "none (score answers 503)",
              models.encoder.model_version if models.encoder is not None else "none (realtime: [])",
              settings.topic_embeddings)
+
+
+async def reload_models(platform: Platform) -> bool:
+    """Load the checkpoints at the configured paths again and serve them (SIGHUP). False if loading failed."""
+    loop = asyncio.get_running_loop()
+    old = Models(scorer=platform.scorer, encoder=platform.encoder)
+    log.info("reloading models from %s / %s", platform.settings.transact_checkpoint,
+             platform.settings.realtime_checkpoint)
+    try:
+        models = await loop.run_in_executor(None, load_models, platform.settings)
+    except ConfigError as exc:
+        log.error("model reload failed, still serving ranking %s / realtime %s: %s",
+                  getattr(old.scorer, "model_version", None), getattr(old.encoder, "model_version", None), exc)
+        return False
+    platform.scorer = models.scorer
+    platform.encoder = models.encoder
+    daily: DailyHandler | None = platform.extras.get("daily")
+    if daily is not None:
+        daily.daily_dim = int(models.scorer.cfg.daily_dim) if models.scorer is not None else 0
+    realtime: RealtimeEncoder | None = platform.extras.get("realtime")
+    if realtime is not None and models.encoder is not None:
+        realtime.swap(models.encoder)
+    set_model_gauges(platform.metrics, models, previous=old)
+    log.info("models reloaded: ranking %s, realtime %s", getattr(models.scorer, "model_version", None),
+             getattr(models.encoder, "model_version", None))
+    return True

@@ -27,7 +27,9 @@ Rolling in a new checkpoint (issue 5): state never depends on the model. Sequenc
 changelog; realtime vectors are derived state tagged with the model version (:mod:`streams.realtime`) and
 are recomputed under the new version on the next action or read. So a rolling restart of the workers with
 the new ``ACTIONSTREAM_TRANSACT_CHECKPOINT`` / ``ACTIONSTREAM_REALTIME_CHECKPOINT`` is enough: each restarted
-worker recovers its partitions from local RocksDB (or the changelog) and serves the new model.
+worker recovers its partitions from local RocksDB (or the changelog) and serves the new model. Without a
+restart: replace the checkpoint files (atomically: write, then ``mv``) and send the worker ``SIGHUP``
+(:func:`streams.hybrid.reload_models`); a checkpoint that fails to load is logged and the old models stay.
 """
 
 from __future__ import annotations
@@ -117,10 +119,21 @@ def load_models(settings: WorkerSettings) -> Models:
     return models
 
 
-def set_model_gauges(metrics: WorkerMetrics, models: Models) -> None:
-    """``model_loaded`` 0/1 for every model label from start-up (alerts need the series) + ``model_info``."""
-    for label, model in ((MODEL_RANKING, models.scorer), (MODEL_REALTIME, models.encoder)):
+def set_model_gauges(metrics: WorkerMetrics, models: Models, previous: Models | None = None) -> None:
+    """``model_loaded`` 0/1 for every model label from start-up (alerts need the series) + ``model_info``.
+
+    ``previous``: the models being replaced (a reload): their ``model_info`` series are removed.
+    """
+    pairs = ((MODEL_RANKING, models.scorer, previous.scorer if previous else None),
+             (MODEL_REALTIME, models.encoder, previous.encoder if previous else None))
+    for label, model, old in pairs:
+        if old is not None:
+            try:
+                metrics.model_info.remove(label, str(old.model_version))
+            except KeyError:
+                pass
         metrics.model_loaded.labels(model=label).set(1 if model is not None else 0)
         if model is not None:
             metrics.model_info.labels(model=label, version=str(model.model_version)).set(1)
-    metrics.model_loaded.labels(model=MODEL_DAILY).set(0)  # streams.daily sets 1 once records arrive
+    if previous is None:
+        metrics.model_loaded.labels(model=MODEL_DAILY).set(0)  # streams.hybrid sets 1 once records arrive

@@ -122,15 +122,27 @@ class RealtimeStore:
             self.pending.setdefault(key, NO_TS)
         return raw[HEADER.size:]
 
-    def put_many(self, keys: Sequence[bytes], blobs: Sequence[bytes], vectors: np.ndarray) -> None:
-        """Store U vectors (U, D) float32 computed from ``blobs`` (one write batch)."""
+    def put_many(self, keys: Sequence[bytes], blobs: Sequence[bytes], vectors: np.ndarray,
+                 version_crc: int | None = None) -> None:
+        """Store U vectors (U, D) float32 computed from ``blobs`` (one write batch).
+
+        ``version_crc``: the model that computed them (default: the store's current one); a batch finished
+        after :meth:`set_model_version` keeps its old tag, so its vectors count as outdated.
+        """
         from rocksdict import WriteBatch
 
+        crc = self.version_crc if version_crc is None else version_crc
         wb = WriteBatch(raw_mode=True)
         data = np.ascontiguousarray(vectors, dtype="<f4")
         for key, blob, row in zip(keys, blobs, data, strict=True):
-            wb.put(key, HEADER.pack(self.version_crc, fingerprint(blob)) + row.tobytes())
+            wb.put(key, HEADER.pack(crc, fingerprint(blob)) + row.tobytes())
         self._db.write(wb)
+
+    def set_model_version(self, model_version: str) -> None:
+        """A new model serves from now on: every stored vector of another version reads as missing."""
+        self.model_version = model_version
+        self.version_crc = fingerprint(model_version.encode())
+        self._db[_META_VERSION] = model_version.encode()
 
     def count_keys(self) -> int:
         """Stored vectors (RocksDB estimate, minus the meta key)."""
@@ -184,14 +196,24 @@ class RealtimeEncoder:
                 tss.append(ts)
         return out_keys, blobs, tss
 
-    def encode_and_store(self, keys: list[bytes], blobs: list[bytes], tss: list[int]) -> int:
-        """Executor thread: decode, encode (torch), store, observe metrics. Returns the users stored."""
+    def swap(self, encoder: Any) -> None:
+        """Serve a new model (on the event loop, between batches; a running batch keeps its old tag)."""
+        self.encoder = encoder
+        self.store.set_model_version(str(encoder.model_version))
+
+    def encode_and_store(self, keys: list[bytes], blobs: list[bytes], tss: list[int],
+                         encoder: Any = None, version_crc: int | None = None) -> int:
+        """Executor thread: decode, encode (torch), store, observe metrics. Returns the users stored.
+
+        ``encoder`` / ``version_crc``: the model taken with the batch (default: the current one).
+        """
+        encoder = self.encoder if encoder is None else encoder
         t0 = time.perf_counter()
         seqs = [decode(b) for b in blobs]
-        vectors = self.encoder.encode(seqs, now_ms())  # (U, D) float32
+        vectors = encoder.encode(seqs, now_ms())  # (U, D) float32
         self._seconds.observe(time.perf_counter() - t0)
         self._batch_size.observe(len(keys))
-        self.store.put_many(keys, blobs, vectors)
+        self.store.put_many(keys, blobs, vectors, version_crc)
         now = time.time()
         for ts in tss:
             if ts != NO_TS:
@@ -212,7 +234,8 @@ class RealtimeEncoder:
             keys, blobs, tss = self.take()
             if keys:
                 try:
-                    await loop.run_in_executor(self.executor, self.encode_and_store, keys, blobs, tss)
+                    await loop.run_in_executor(self.executor, self.encode_and_store, keys, blobs, tss,
+                                               self.encoder, self.store.version_crc)
                 except Exception:  # noqa: BLE001 - a bad batch must not stop the encoder
                     if self.stopped:  # the executor was shut down: the worker is stopping
                         return

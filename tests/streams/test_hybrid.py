@@ -287,3 +287,23 @@ def test_embeddings_topic_is_created_compacted_and_checked(kafka: object, unique
     assert info.partitions == 3 and info.configs["cleanup.policy"] == "compact"
     with pytest.raises(ConfigError, match="has 3 partitions but ACTIONSTREAM_PARTITIONS=4"):
         ensure_embeddings_topic(s.model_copy(update={"partitions": 4}))
+
+
+def test_sighup_reload_swaps_models_and_keeps_them_on_a_bad_file(tmp_path: Path) -> None:
+    from streams.app import create_platform
+    from streams.hybrid import reload_models
+
+    rt = rt_checkpoint(tmp_path / "rt.pt", version="rt-1")
+    platform = create_platform(settings(tmp_path, realtime_checkpoint=rt))
+    registry, store = platform.registry, platform.tables.realtime
+    rt_checkpoint(tmp_path / "rt-new.pt", version="rt-2").replace(rt)  # atomic replace, as documented
+    assert asyncio.run(reload_models(platform)) is True
+    assert platform.encoder.model_version == "rt-2" and store.model_version == "rt-2"
+    assert platform.extras["realtime"].encoder is platform.encoder
+    assert registry.get_sample_value("actionstream_model_info", {"model": "transact_realtime", "version": "rt-2"}) == 1
+    assert registry.get_sample_value("actionstream_model_info", {"model": "transact_realtime", "version": "rt-1"}) is None
+    rt.write_bytes(b"half-written")
+    assert asyncio.run(reload_models(platform)) is False
+    assert platform.encoder.model_version == "rt-2"  # still serving the last good model
+    assert registry.get_sample_value("actionstream_model_loaded", {"model": "transact_realtime"}) == 1
+    store.close()

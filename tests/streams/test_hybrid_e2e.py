@@ -2,7 +2,8 @@
 checkpoint, a realtime checkpoint and an item file; simulated traffic; the daily PinnerFormer job run on the
 worker's own event archive; then ``features`` shows ``daily`` and a ``realtime`` vector that changes after a
 new action, ``score`` answers one probability per head per candidate using both the sequence and the daily
-vector, and the realtime freshness histogram has observations.
+vector, the realtime freshness histogram has observations, and a new realtime checkpoint is rolled in with
+SIGHUP without losing state.
 
 The models are randomly initialised, not trained: this test is about wiring (checkpoints loaded from
 settings, vectors computed and stored, records routed, answers equal to the same models run offline), not
@@ -12,6 +13,9 @@ about quality, which the training/evaluation commands measure.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -95,6 +99,18 @@ def stored_sequence(bootstrap: str, changelog: str, user: str) -> list[Any]:
     return decode(latest)
 
 
+def settled_sequence(bootstrap: str, changelog: str, url: str) -> list[Any]:
+    """The user's stored sequence once the changelog (flushed at each ~1 s commit) agrees with the API."""
+    user = url.rsplit("/", 1)[1]
+    for _ in range(50):
+        seq = stored_sequence(bootstrap, changelog, user)
+        feats = get_json(url + "/features")
+        if len(seq) == feats["sequence_length"] and seq[0][0] == feats["last_action_ts"]:
+            return seq
+        time.sleep(0.2)
+    raise AssertionError(f"the changelog of {user} did not catch up with the API")
+
+
 def test_hybrid_features_end_to_end(kafka: Any, unique_topic: Callable[[str], str], unique_group: Callable[[], str],
                                     tmp_path: Path) -> None:
     bootstrap = kafka.bootstrap
@@ -131,7 +147,7 @@ def test_hybrid_features_end_to_end(kafka: Any, unique_topic: Callable[[str], st
 
         encoder = Encoder.from_checkpoint(paths["realtime"], MemoryItemStore.from_file(paths["items"]))
         changelog = w.changelog_topic
-        seq = stored_sequence(bootstrap, changelog, user)
+        seq = settled_sequence(bootstrap, changelog, url)
         expected = encoder.encode([seq], now_ms())[0]
 
         def serves(vector: np.ndarray) -> bool:  # the realtime encoder run offline on the stored sequence
@@ -173,7 +189,7 @@ def test_hybrid_features_end_to_end(kafka: Any, unique_topic: Callable[[str], st
         fresh = Event("e-new-u0", user, "i3", "save", now_ms(), "homefeed", None)
         produce(bootstrap, actions, [encode_event(fresh)], keys=[user.encode()])
         wait_until(lambda: realtime_of() != before, 30, "u0's realtime vector to change after a new action")
-        seq = stored_sequence(bootstrap, changelog, user)
+        seq = settled_sequence(bootstrap, changelog, url)
         assert seq[0][5] == "i3"
         wait_until(lambda: serves(encoder.encode([seq], now_ms())[0]), 10, "u0's vector of the new sequence")
 
@@ -204,5 +220,21 @@ def test_hybrid_features_end_to_end(kafka: Any, unique_topic: Callable[[str], st
         assert m['actionstream_table_keys{table="realtime"}'] > 0
         assert m['actionstream_table_keys{table="daily"}'] > 0
         assert m['actionstream_events_rejected_total{reason="daily_invalid_json"}'] == 1
+
+        # 7. roll in a new realtime checkpoint without a restart: replace the file, SIGHUP
+        torch.manual_seed(1)
+        rt = TransActConfig(item_dim=ITEM_DIM, action_emb_dim=8, dim_feedforward=16, hash_buckets=1001,
+                            early_fusion=False)
+        save_checkpoint(tmp_path / "realtime-2.pt", TransAct(rt), rt, {"actions": list(ACTIONS), "model_version": "rt-2"})
+        (tmp_path / "realtime-2.pt").replace(paths["realtime"])
+        assert w.proc is not None
+        os.kill(w.proc.pid, signal.SIGHUP)
+        wait_until(lambda: get_json(url + "/features")["model_version"] == "rt-2", 20, "the new model served")
+        encoder2 = Encoder.from_checkpoint(paths["realtime"], MemoryItemStore.from_file(paths["items"]))
+        wait_until(lambda: serves(encoder2.encode([seq], now_ms())[0]), 10, "u0's vector under the new model")
+        assert get_json(url + "/features")["sequence_length"] == len(seq)  # no state lost
+        m = w.metrics()
+        assert m['actionstream_model_info{model="transact_realtime",version="rt-2"}'] == 1
+        assert 'actionstream_model_info{model="transact_realtime",version="rt-e2e"}' not in m
     finally:
         w.stop()
