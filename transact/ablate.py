@@ -75,11 +75,11 @@ VARIANTS: dict[str, tuple[str, Callable[[RankingConfig], RankingConfig]]] = {
 
 def run_ablation(s: AblateSettings, *, progress: bool = True) -> dict[str, Any]:
     """Build the data once, train + evaluate every selected variant; returns the results dict."""
-    names = list(s.variants) or list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
+    unknown = [n for n in s.variants if n not in VARIANTS]
     if unknown:
         from streams.errors import ConfigError
         raise ConfigError(f"ACTIONSTREAM_VARIANTS: unknown {unknown}; choose from {list(VARIANTS)}")
+    names = [k for k in VARIANTS if k in s.variants or not s.variants]  # table order = VARIANTS order
     if s.threads:
         torch.set_num_threads(s.threads)
     device = pick_device(s.device)
