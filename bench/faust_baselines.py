@@ -22,6 +22,12 @@ class FaustRun:
     events_per_s: float
     seconds: float
     startup_s: float
+    cpu_seconds: float
+
+    @property
+    def events_per_cpu_s(self) -> float:
+        """Events per CPU second of the worker process: what one dedicated core does (robust to a busy machine)."""
+        return 0.0 if not self.cpu_seconds else (self.events_per_s * self.seconds) / self.cpu_seconds
 
 
 def run_faust_app(module: str, *, bootstrap: str, topic: str, n: int, scratch: Path, take: int = 0,
@@ -39,4 +45,4 @@ def run_faust_app(module: str, *, bootstrap: str, topic: str, n: int, scratch: P
         proc.stop()
     # ``first`` is on the child's monotonic clock: the same CLOCK_MONOTONIC on Linux.
     return FaustRun(events_per_s=res["count"] / res["seconds"], seconds=res["seconds"],
-                    startup_s=max(0.0, res["first"] - t0))
+                    startup_s=max(0.0, res["first"] - t0), cpu_seconds=res.get("cpu_seconds", 0.0))

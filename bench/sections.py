@@ -107,6 +107,7 @@ def naive(ctx: Ctx, sec: Section) -> None:
                       timeout=60 + w.n / 300)
     sec.add("naive agent: decode + append to a per-user JSON list, RocksDB table", r.events_per_s, "events/s",
             note=f"{w.users:,} users")
+    sec.add("naive agent, per CPU-second of its process", r.events_per_cpu_s, "events/CPU-s")
     sec.add("start-up to first event", r.startup_s, "s")
     sec.notes.append("one table write (and one changelog record carrying the whole list) per event; "
                      "measurements.md: ~1.85k events/s on a machine like this one")
@@ -119,13 +120,15 @@ def framework(ctx: Ctx, sec: Section) -> None:
         r = run_faust_app("decode_only", bootstrap=ctx.env.bootstrap, topic=topic, n=w.n, take=take,
                           scratch=ctx.env.dir("framework"), timeout=60 + w.n / 500)
         sec.add(label, r.events_per_s, "events/s")
+        sec.add(f"{label}, per CPU-second", r.events_per_cpu_s, "events/CPU-s")
     sec.notes.append("no state at all: this bounds any Faust agent in one process on this CPU "
                      "(measurements.md: 5.4–6.3k events/s)")
 
 
-def _framework_ceiling(report: Report) -> float | None:
-    vals = [v for v in (report.figure("framework", "decode-only agent, per event"),
-                        report.figure("framework", "decode-only agent, stream.take(2000, 0.05)")) if v]
+def _framework_ceiling(report: Report, per_cpu: bool = False) -> float | None:
+    suffix = ", per CPU-second" if per_cpu else ""
+    vals = [v for v in (report.figure("framework", "decode-only agent, per event" + suffix),
+                        report.figure("framework", "decode-only agent, stream.take(2000, 0.05)" + suffix)) if v]
     return max(vals) if vals else None
 
 
@@ -139,6 +142,9 @@ def platform(ctx: Ctx, sec: Section) -> None:
     sec.add("one worker, end to end", one.events_per_s, "events/s",
             note="consume → validate → route → sequence update in RocksDB → changelog")
     sec.add("worker start-up to first event", one.ready_s, "s")
+    cpu_rate = getattr(one, "events_per_cpu_s", 0.0)
+    if cpu_rate:
+        sec.add("one worker, per CPU-second of its process", cpu_rate, "events/CPU-s")
     if one.rerouted:
         sec.notes.append(f"{one.rerouted:.0f} events were rerouted to their owner partition")
     fw = _framework_ceiling(ctx.report)
@@ -157,6 +163,13 @@ def platform(ctx: Ctx, sec: Section) -> None:
         sec.notes.append("ratio to the naive baseline: not available (section naive not run)")
     if aio:
         sec.add("ratio to the bare aiokafka ceiling", one.events_per_s / aio * 100, "%")
+    fw_cpu = _framework_ceiling(ctx.report, per_cpu=True)
+    nv_cpu = ctx.report.figure("naive", "naive agent, per CPU-second of its process")
+    if cpu_rate and fw_cpu:
+        sec.add("ratio to the framework ceiling, per CPU-second", cpu_rate / fw_cpu * 100, "%",
+                note="CPU-normalised: robust when the machine is busy")
+    if cpu_rate and nv_cpu:
+        sec.add("ratio to the naive baseline, per CPU-second", cpu_rate / nv_cpu, "×")
     if ctx.quick:
         sec.notes.append("scale-out (2 workers) skipped in --quick")
         return

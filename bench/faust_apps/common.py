@@ -3,7 +3,7 @@
 Each app is started as its own process (``python -m bench.faust_apps.<name> ...``) so it owns one
 core and one event loop, exactly like a real worker. The agent counts processed events; when it has
 seen ``--n`` of them it writes ``--out`` (JSON: first/last event times on the process's monotonic
-clock, count) and keeps running until the benchmark sends SIGTERM. The timed interval runs from the
+clock, count, and the CPU seconds the process burned meanwhile) and keeps running until the benchmark sends SIGTERM. The timed interval runs from the
 first event the agent sees to the N-th, so process start-up and the group join are excluded (they are
 reported separately from the wall clock).
 
@@ -55,16 +55,19 @@ class Progress:
         self.n, self.out = n, out
         self.count = 0
         self.first: float | None = None
+        self.first_cpu = 0.0
         self.done = False
 
     def tick(self, k: int = 1) -> None:
         if self.first is None:
             self.first = time.monotonic()
+            self.first_cpu = time.process_time()
         self.count += k
         if not self.done and self.count >= self.n:
             self.done = True
             result: dict[str, Any] = {"count": self.count, "first": self.first, "last": time.monotonic(),
-                                      "seconds": time.monotonic() - self.first}
+                                      "seconds": time.monotonic() - self.first,
+                                      "cpu_seconds": time.process_time() - self.first_cpu}
             tmp = self.out.with_suffix(".tmp")
             tmp.write_bytes(orjson.dumps(result))
             tmp.rename(self.out)
