@@ -26,9 +26,17 @@ share torch's thread pool), and build every batch through :func:`transact.featur
   4. **Cache-sized chunks of candidates**: every later tensor is (chunk, L, d) and stays in cache
      instead of streaming 19 MB tensors through memory for each elementwise step.
 
-  Everything stays float32 (no reduced precision: this CPU has no native bf16 matmul, and fp32 already
-  meets the target; see ``bench/transact_inference.py``). The parity test
+  Everything stays float32. Reduced precision was measured and rejected on this CPU (Xeon, AVX-512
+  without BF16/AMX, 1 thread): bf16 matmuls ran 3-4x SLOWER than fp32 and fp16 ~40x slower; int8
+  dynamic quantization of a DCN layer (500 x 1088 x 1088) ran 2.2x faster but moved its outputs by up to
+  0.06 on values of ~2.6 (2%), far outside the parity tolerance. ``F.scaled_dot_product_attention`` for
+  the later layers measured no faster than bmm + softmax at these sizes. The parity test
   ``tests/transact/test_inference.py`` pins fast == ``RankingModel.forward`` within a written tolerance.
+
+  Threads: ``threads`` sets torch's intra-op pool (process-wide). On a machine whose cores are busy with
+  other work, 2 intra-op threads were measured to be much slower than 1 (every op waits at an OpenMP
+  barrier for a descheduled thread: 1 x 100 candidates took ~1.2 s instead of ~0.15 s at load 12 on 2
+  cores), so a worker sharing its cores with the stream should keep 1 (the worker's default).
 """
 
 from __future__ import annotations
