@@ -30,8 +30,10 @@ share torch's thread pool), and build every batch through :func:`transact.featur
   without BF16/AMX, 1 thread): bf16 matmuls ran 3-4x SLOWER than fp32 and fp16 ~40x slower; int8
   dynamic quantization of a DCN layer (500 x 1088 x 1088) ran 2.2x faster but moved its outputs by up to
   0.06 on values of ~2.6 (2%), far outside the parity tolerance. ``F.scaled_dot_product_attention`` for
-  the later layers measured no faster than bmm + softmax at these sizes. The parity test
-  ``tests/transact/test_inference.py`` pins fast == ``RankingModel.forward`` within a written tolerance.
+  the later layers measured no faster than bmm + softmax at these sizes, and ``torch.compile`` of a
+  layer took 89 s to compile and ran no faster (6.9 vs 6.3 ms per 32-candidate chunk): neither is used.
+  The parity test ``tests/transact/test_inference.py`` pins fast == ``RankingModel.forward`` within a
+  written tolerance.
 
   Threads: ``threads`` sets torch's intra-op pool (process-wide). On a machine whose cores are busy with
   other work, 2 intra-op threads were measured to be much slower than 1 (every op waits at an OpenMP
