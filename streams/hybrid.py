@@ -74,7 +74,8 @@ def install_hybrid(platform: Platform) -> None:
         store = RealtimeStore(settings.state_dir.resolve() / "realtime-vectors", platform.sequences,
                               str(models.encoder.model_version), pending={})
         realtime = RealtimeEncoder(models.encoder, platform.sequences, store, metrics,
-                                   settings.encoder_batch_max, settings.encoder_interval_ms / 1000)
+                                   settings.encoder_batch_max, settings.encoder_interval_ms / 1000,
+                                   settings.encoder_max_busy)
         platform.tables.realtime = store
         platform.handler.dirty = store.pending
         platform.extras["realtime"] = realtime

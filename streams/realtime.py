@@ -11,7 +11,9 @@ Flow (:class:`RealtimeEncoder`):
    ``pending.setdefault(user_key, event_ts)`` on the event loop (one dict operation, nothing else);
 2. a background task (``app.task``) takes up to ``encoder_batch_max`` dirty users every
    ``encoder_interval_ms`` (at once when more are waiting), so several events of one user between two
-   batches cost ONE encode (coalescing), and many users share one forward pass (micro-batching);
+   batches cost ONE encode (coalescing), and many users share one forward pass (micro-batching); the
+   encoder computes at most ``encoder_max_busy`` of the wall time, so under overload it coalesces more
+   instead of taking CPU from the sequence path;
 3. it reads their blobs on the loop (RocksDB gets, microseconds), then decodes, runs
    :meth:`transact.inference.Encoder.encode` and writes the vectors in a one-thread executor: torch never
    runs on the event loop;
@@ -60,7 +62,7 @@ from streams.metrics import WorkerMetrics
 from streams.sequence import decode
 from streams.tables import SequenceStore
 
-__all__ = ["HEADER", "NO_TS", "RealtimeEncoder", "RealtimeStore", "fingerprint"]
+__all__ = ["HEADER", "NO_TS", "RealtimeEncoder", "RealtimeStore", "fingerprint", "pause_after"]
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,13 @@ class RealtimeStore:
         self._db.close()
 
 
+def pause_after(busy_s: float, pending: int, batch_max: int, interval_s: float, max_busy: float) -> float:
+    """Seconds to wait after a batch that computed ``busy_s``: the busy cap, and the interval unless a full
+    batch is already waiting."""
+    rest = busy_s * (1 - max_busy) / max_busy
+    return rest if pending >= batch_max else max(rest, interval_s)
+
+
 class RealtimeEncoder:
     """The dirty-user map and the background micro-batching task (see the module docstring).
 
@@ -164,16 +173,23 @@ class RealtimeEncoder:
         store: where vectors are written.
         metrics: the worker's metrics (encoder batch size/seconds, realtime freshness).
         batch_max: users per micro-batch; interval_s: wait between batches when fewer are pending.
+        max_busy: the most of the wall time the encoder thread may compute (0 < f <= 1): after a batch of
+            t seconds it waits at least ``t (1 - f) / f``. It shares the CPU (and, for the Python parts of
+            decoding and batch building, the GIL) with the event loop; when encoding cannot keep up, this
+            keeps the sequence path's throughput and lets batches grow (more coalescing) instead.
     """
 
     def __init__(self, encoder: Any, sequences: SequenceStore, store: RealtimeStore, metrics: WorkerMetrics,
-                 batch_max: int, interval_s: float) -> None:
+                 batch_max: int, interval_s: float, max_busy: float = 1.0) -> None:
+        if not 0 < max_busy <= 1:
+            raise ValueError("max_busy must be in (0, 1]")
         self.encoder = encoder
         self.sequences = sequences
         self.store = store
         self.pending = store.pending
         self.batch_max = batch_max
         self.interval_s = interval_s
+        self.max_busy = max_busy
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actionstream-encode")
         self._batch_size = metrics.encoder_batch_size
         self._seconds = metrics.encoder_seconds
@@ -225,14 +241,16 @@ class RealtimeEncoder:
         """The background task: forever take a batch, encode it in the executor, wait ``interval_s``."""
         loop = asyncio.get_running_loop()
         idle = self.interval_s if self.interval_s > 0 else 0.01
-        log.info("realtime encoder running (batch_max %d, interval %.0f ms, model %s)", self.batch_max,
-                 self.interval_s * 1000, self.store.model_version)
+        log.info("realtime encoder running (batch_max %d, interval %.0f ms, max busy %.0f%%, model %s)",
+                 self.batch_max, self.interval_s * 1000, 100 * self.max_busy, self.store.model_version)
         while not self.stopped:
             if not self.pending:
                 await asyncio.sleep(idle)
                 continue
             keys, blobs, tss = self.take()
+            busy = 0.0
             if keys:
+                t0 = time.monotonic()
                 try:
                     await loop.run_in_executor(self.executor, self.encode_and_store, keys, blobs, tss,
                                                self.encoder, self.store.version_crc)
@@ -241,8 +259,8 @@ class RealtimeEncoder:
                         return
                     log.exception("realtime encoder batch of %d users failed; they are retried on their "
                                   "next action or read", len(keys))
-            if len(self.pending) < self.batch_max:
-                await asyncio.sleep(self.interval_s)
+                busy = time.monotonic() - t0
+            await asyncio.sleep(pause_after(busy, len(self.pending), self.batch_max, self.interval_s, self.max_busy))
 
     def stop(self) -> None:
         """Stop taking batches and wait for the running one (at most one batch of encoding)."""

@@ -230,6 +230,8 @@ class WorkerSettings(KafkaSettings, EventSettings):
     items_path: Path | None = Field(None, description="item vectors: JSONL file or ItemStore RocksDB dir; empty = hashed ids")
     encoder_batch_max: int = Field(256, ge=1, le=8192, description="users per realtime-encoder micro-batch")
     encoder_interval_ms: int = Field(50, ge=0, le=60_000, description="wait between encoder micro-batches")
+    encoder_max_busy: float = Field(0.5, gt=0, le=1, description="most of the wall time the encoder thread may "
+                                    "use (it shares the CPU with the event loop); less = bigger, later batches")
     torch_threads: int = Field(1, ge=1, le=256)
 
     @field_validator("archive_dir", "data_dir", "transact_checkpoint", "realtime_checkpoint", "items_path",

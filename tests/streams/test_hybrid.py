@@ -18,7 +18,7 @@ from streams.daily import DailyRejection, parse_daily_record
 from streams.errors import ConfigError
 from streams.metrics import WorkerMetrics
 from streams.models import load_models, set_model_gauges
-from streams.realtime import NO_TS, RealtimeEncoder, RealtimeStore
+from streams.realtime import NO_TS, RealtimeEncoder, RealtimeStore, pause_after
 from streams.sequence import SequenceCodec
 from streams.settings import DEFAULT_ACTIONS, WorkerSettings
 from streams.tables import SequenceStore, create_sequences_table
@@ -197,6 +197,18 @@ def test_encoder_task_coalesces_and_stores_what_the_model_computes(tmp_path: Pat
     # stored now, events of NOW - 2 s and NOW - 1 s (in 2023): the ages are measured from the event times
     assert ages is not None and ages == pytest.approx(2 * (time.time() - now_s) + 3, abs=120)
     store.close()
+
+
+@pytest.mark.parametrize(("busy", "pending", "max_busy", "expected"), [
+    (0.0, 0, 0.5, 0.05),    # idle: the interval
+    (0.2, 10, 1.0, 0.05),   # no cap: the interval
+    (0.2, 10, 0.5, 0.2),    # cap 50 %: wait as long as the batch took
+    (0.3, 10, 0.25, 0.9),   # cap 25 %: three times as long
+    (0.2, 256, 1.0, 0.0),   # a full batch waiting and no cap: at once
+    (0.2, 256, 0.5, 0.2),   # a full batch waiting: the cap still holds
+])
+def test_encoder_pause_keeps_the_busy_cap(busy: float, pending: int, max_busy: float, expected: float) -> None:
+    assert pause_after(busy, pending, 256, 0.05, max_busy) == pytest.approx(expected)
 
 
 # ---------------------------------------------------------------------------------------------- daily

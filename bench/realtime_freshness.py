@@ -1,0 +1,221 @@
+"""Realtime TransAct vectors in the worker: throughput cost and freshness under load (issue 5 acceptance).
+
+Three runs of real `actionstream worker` processes on an embedded Apache Kafka broker:
+
+1. ``off``: backlog drain of N pre-filled events without a realtime checkpoint (events/s);
+2. ``on``: the same with ``ACTIONSTREAM_REALTIME_CHECKPOINT`` set (the paper-sized candidate-free TransAct,
+   random weights: cost does not depend on them); events/s, encoder batches, vectors stored;
+3. ``live``: a fresh worker with the encoder, fed at a steady ``--rate`` events/s with current event times
+   for ``--seconds``; freshness p50/p99 of ``stage="sequence"`` vs ``stage="realtime"`` from the worker's
+   histograms (``histogram_quantile``-style interpolation within buckets).
+
+    python -m bench.realtime_freshness --events 60000 --users 6000 --rate 1500 --seconds 20
+
+Throughput is measured from the outside like :mod:`bench.platform_throughput` (first accepted event to the
+last, polled every 50 ms). Prints a markdown table and writes JSON with ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.env import BenchEnv
+from bench.procs import Proc, start_module
+from bench.workload import make_events
+from streams.broker import free_port
+from streams.events import Event, encode_event, now_ms
+
+log = logging.getLogger(__name__)
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def quantile(metrics: dict[str, float], name: str, stage: str, q: float) -> float | None:
+    """q-quantile of a histogram child from its cumulative buckets (linear within a bucket)."""
+    buckets = []
+    for key, v in metrics.items():
+        if key.startswith(name + "_bucket{") and f'stage="{stage}"' in key:
+            le = key.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), v))
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank = q * buckets[-1][1]
+    prev_le, prev_n = 0.0, 0.0
+    for le, n in buckets:
+        if n >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_n) / (n - prev_n) if n > prev_n else 0.0)
+        prev_le, prev_n = le, n
+    return None
+
+
+def write_checkpoint(path: Path) -> Path:
+    import torch
+
+    from transact.model import TransAct, TransActConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = TransActConfig(early_fusion=False)  # paper sizes: 2 layers, d = 64, S = 100, output 704
+    save_checkpoint(path, TransAct(cfg), cfg, {"model_version": "bench-realtime"})
+    return path
+
+
+def start_worker(env: BenchEnv, topic: str, scratch: Path, name: str, extra_env: dict[str, str]) -> tuple[Proc, int]:
+    port = free_port()
+    args = ["worker", "--log-level", "WARNING", "--bootstrap", env.bootstrap, "--port", str(port),
+            "--data-dir", str(scratch / name), "--worker-id", f"bench-rt-{name}-{uuid.uuid4().hex[:6]}",
+            "--partitions", str(env.partitions), "--topic-actions", topic, "--topic-dlq", f"{topic}-dlq",
+            "--archive-dir", ""]
+    emb = {"ACTIONSTREAM_TOPIC_EMBEDDINGS": f"{topic}-emb"}
+    return start_module("streams.cli", args, scratch / f"{name}.log", {**emb, **extra_env}), port
+
+
+def wait_ready(proc: Proc, port: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"worker exited:\n{proc.tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:  # noqa: S310
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"worker not ready:\n{proc.tail()}")
+
+
+def drain(env: BenchEnv, topic: str, n: int, scratch: Path, name: str, extra_env: dict[str, str]) -> dict[str, Any]:
+    """Backlog drain of the pre-filled topic; events/s + the worker's encoder counters at the end."""
+    proc, port = start_worker(env, topic, scratch, name, extra_env)
+    try:
+        first = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"worker exited:\n{proc.tail()}")
+            try:
+                m = scrape(port)
+            except OSError:
+                time.sleep(0.05)
+                continue
+            accepted = m.get("actionstream_events_accepted_total", 0.0)
+            now = time.monotonic()
+            if first is None and accepted > 0:
+                first = now
+            if accepted >= n and first is not None:
+                seconds = now - first
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("drain timed out")
+        time.sleep(1.0)  # let the encoder finish its last batches
+        m = scrape(port)
+        batches = m.get("actionstream_encoder_batch_size_count", 0.0)
+        return {"events_per_s": n / seconds, "seconds": seconds, "encoder_batches": batches,
+                "vectors_encoded": m.get("actionstream_encoder_batch_size_sum", 0.0),
+                "mean_batch": m.get("actionstream_encoder_batch_size_sum", 0.0) / batches if batches else None,
+                "encoder_ms_per_batch": 1000 * m.get("actionstream_encoder_seconds_sum", 0.0) / batches if batches else None}
+    finally:
+        proc.stop()
+
+
+def live(env: BenchEnv, scratch: Path, users: int, rate: float, seconds: float, extra_env: dict[str, str]) -> dict[str, Any]:
+    """A fresh worker fed at ``rate`` events/s with current event times; freshness quantiles per stage."""
+    from kafka import KafkaProducer
+
+    topic = env.topic("rt-live")
+    proc, port = start_worker(env, topic, scratch, "live", extra_env)
+    wait_ready(proc, port)
+    producer = KafkaProducer(bootstrap_servers=env.bootstrap, linger_ms=5, acks=1)
+    rng = random.Random(3)
+    actions = ("impression", "click", "save", "closeup", "hide")
+    sent = 0
+    try:
+        t0 = time.monotonic()
+        while (elapsed := time.monotonic() - t0) < seconds:
+            due = int(elapsed * rate)
+            while sent < due:
+                u = f"u{int(users * rng.random() ** 2)}"
+                e = Event(f"live-{sent}", u, f"i{rng.randrange(50_000)}", rng.choice(actions), now_ms(), "homefeed", None)
+                producer.send(topic, encode_event(e), key=u.encode())
+                sent += 1
+            time.sleep(0.002)
+        producer.flush(30)
+        deadline = time.monotonic() + 60
+        while scrape(port).get("actionstream_events_accepted_total", 0.0) < sent and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        m = scrape(port)
+        name = "actionstream_freshness_seconds"
+        out: dict[str, Any] = {"rate": rate, "seconds": seconds, "sent": sent,
+                               "accepted": m.get("actionstream_events_accepted_total", 0.0)}
+        for stage in ("sequence", "realtime"):
+            out[f"{stage}_observations"] = m.get(f'{name}_count{{stage="{stage}"}}', 0.0)
+            for q in (0.5, 0.99):
+                out[f"{stage}_p{int(q * 100)}_s"] = quantile(m, name, stage, q)
+        batches = m.get("actionstream_encoder_batch_size_count", 0.0)
+        out["mean_batch"] = m.get("actionstream_encoder_batch_size_sum", 0.0) / batches if batches else None
+        return out
+    finally:
+        producer.close(10)
+        proc.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.realtime_freshness", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=60_000, help="pre-filled events for the drain runs")
+    p.add_argument("--users", type=int, default=6_000, help="distinct users (Zipf-like skew)")
+    p.add_argument("--rate", type=float, default=1500.0, help="events/s of the live run")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the live run")
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--bootstrap", help="use a running broker instead of starting one")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with BenchEnv(partitions=args.partitions, bootstrap=args.bootstrap) as env:
+        scratch = env.dir("realtime")
+        on = {"ACTIONSTREAM_REALTIME_CHECKPOINT": str(write_checkpoint(scratch / "realtime.pt"))}
+        w = make_events(args.events, args.users)
+        topic = env.prefilled("rt-drain", w)
+        res = {"off": drain(env, topic, w.n, scratch, "off", {}),
+               "on": drain(env, topic, w.n, scratch, "on", on),
+               "live": live(env, scratch, args.users, args.rate, args.seconds, on)}
+    off, on_, lv = res["off"], res["on"], res["live"]
+    print(f"| run | events/s | encoder batches | mean batch | ms/batch |\n|---|---|---|---|---|\n"  # noqa: T201
+          f"| encoder off | {off['events_per_s']:,.0f} | - | - | - |\n"
+          f"| encoder on | {on_['events_per_s']:,.0f} | {on_['encoder_batches']:.0f} | "
+          f"{on_['mean_batch'] or 0:.1f} | {on_['encoder_ms_per_batch'] or 0:.1f} |\n\n"
+          f"live {lv['rate']:.0f} events/s for {lv['seconds']:.0f} s ({lv['accepted']:.0f} accepted): freshness "
+          f"sequence p50 {lv['sequence_p50_s']} s / p99 {lv['sequence_p99_s']} s; realtime p50 "
+          f"{lv['realtime_p50_s']} s / p99 {lv['realtime_p99_s']} s ({lv['realtime_observations']:.0f} "
+          f"observations, mean batch {lv['mean_batch']})")
+    if args.out:
+        args.out.write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
