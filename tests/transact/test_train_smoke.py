@@ -93,3 +93,19 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
 def test_bad_settings_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["train", "transact", "--events", str(tmp_path / "missing.jsonl")]) == 2
     assert "ACTIONSTREAM_EVENTS" in capsys.readouterr().err
+
+
+def test_ablate_tiny_writes_table_png_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events, items = write_tiny_dataset(tmp_path, users=6, requests=12)
+    out = tmp_path / "abl"
+    assert cli_main(["ablate", "transact", "--events", str(events), "--items", str(items), "--out", str(out),
+                     "--config", "tiny", "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--no-progress",
+                     "--variants", "transact,none"]) == 0
+    printed = capsys.readouterr().out
+    assert "| no sequence |" in printed and "| TransAct |" in printed
+    assert printed.index("| no sequence |") < printed.index("| TransAct |")  # canonical order
+    results = json.loads((out / "ablation.json").read_text())
+    assert list(results["variants"]) == ["no sequence", "TransAct"]
+    assert results["variants"]["TransAct"]["parameters"] > results["variants"]["no sequence"]["parameters"]
+    assert (out / "ablation.png").stat().st_size > 0 and (out / "ablation.md").read_text().count("\n|") >= 3
+    assert cli_main(["ablate", "transact", "--events", str(events), "--variants", "bogus"]) == 2
