@@ -130,6 +130,7 @@ def measure(*, threads: int = 2, quick: bool = False, seed: int = 0, progress: b
     res.update(CPU_MS)
     res["cpu_speedup_vs_direct_port"] = res["direct_port_c500_cpu_ms"] / res["score_c500_cpu_ms"]
     res["load_average_1m"] = os.getloadavg()[0]
+    res["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
     return res
 
 
@@ -155,7 +156,9 @@ def to_markdown(res: dict[str, Any]) -> str:
               f"- CPU time per call, direct port / fast (1 x 500): {res['cpu_speedup_vs_direct_port']:.2f}x",
               f"- parity: max |fast - RankingModel.forward| logit difference {res['parity_max_abs_logit_diff']:.1e}",
               f"- 1-minute load average at the end: {res['load_average_1m']:.1f} on {os.cpu_count()} CPUs "
-              "(other work on the machine inflates wall times)"]
+              "(other work on the machine inflates wall times)",
+              f"- OMP_WAIT_POLICY={res['omp_wait_policy'] or '(unset)'} (PASSIVE stops idle OpenMP threads from "
+              "spinning; with 2 threads on busy cores unset it was measured ~2-6x slower)"]
     return "\n".join(lines)
 
 
@@ -183,8 +186,9 @@ def run(section: Any = None, *, threads: int = 2, quick: bool = False, seed: int
         section.add("score 1 x 500: CPU per call", res["score_c500_cpu_ms"], "ms")
         section.add("direct port 1 x 500: CPU per call", res["direct_port_c500_cpu_ms"], "ms")
         section.add("parity max |Δ logit|", res["parity_max_abs_logit_diff"], "")
-        section.notes.append(f"{threads} torch threads; default model shapes, random weights; user sequences of "
-                             "100 actions; scoring time includes feature building from an in-memory item store")
+        section.notes.append(f"{threads} torch threads, OMP_WAIT_POLICY={res['omp_wait_policy'] or '(unset)'}; default "
+                             "model shapes, random weights; user sequences of 100 actions; scoring time includes "
+                             "feature building from an in-memory item store")
     return res
 
 
