@@ -163,6 +163,21 @@ async def _paced(bootstrap: str, topic: str, rate: float, seconds: float, users:
     return run
 
 
+def sequence_lengths(port: int, users: Sequence[str]) -> dict[str, int]:
+    """``sequence_length`` of each user as served by ``GET /v1/users/{id}/sequence`` (keep-alive)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    out: dict[str, int] = {}
+    try:
+        for u in users:
+            conn.request("GET", f"/v1/users/{u}/sequence")
+            resp = conn.getresponse()
+            body = resp.read()
+            out[u] = int(orjson.loads(body)["sequence_length"]) if resp.status == 200 else -resp.status
+    finally:
+        conn.close()
+    return out
+
+
 def paced_produce(bootstrap: str, topic: str, *, rate: float, seconds: float, users: int = 2000,
                   seed: int = 0) -> PacedRun:
     """Publish fresh events (``ts`` = the wall clock at send) at ``rate``/s for ``seconds`` (10 ms ticks)."""
@@ -170,10 +185,11 @@ def paced_produce(bootstrap: str, topic: str, *, rate: float, seconds: float, us
 
 
 def changelog_freshness(bootstrap: str, changelog: str, sent: dict[int, int]) -> np.ndarray:
-    """Per event: changelog record timestamp (the worker's write time) - event ts, in ms.
+    """Per event: timestamp of the first changelog record holding it − event ts, in ms.
 
-    A changelog record carries the user's whole blob; the newest action (its head) is the event that
-    caused the write. Records whose head is not one of ``sent`` are skipped; so are repeats.
+    A changelog record carries the user's whole blob; the worker may coalesce several updates of one
+    user into one record, so every action of every record is looked at, and an event counts at the first
+    record (in offset order within its partition) that holds it. Actions not in ``sent`` are skipped.
     """
     from kafka import KafkaConsumer, TopicPartition
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20)
@@ -189,12 +205,14 @@ def changelog_freshness(bootstrap: str, changelog: str, sent: dict[int, int]) ->
             for recs in c.poll(timeout_ms=500, max_records=50_000).values():
                 for r in recs:
                     v = r.value
-                    if not v or len(v) < _HS + _REC.size or _HEADER.unpack_from(v, 0)[1] == 0:
+                    if not v or len(v) < _HS + _REC.size:
                         continue
-                    ts, key = _REC.unpack_from(v, _HS)[:2]
-                    if key in sent and key not in seen:
-                        seen.add(key)
-                        lat.append(r.timestamp - sent[key])
+                    n = _HEADER.unpack_from(v, 0)[1]
+                    for i in range(n):
+                        key = _REC.unpack_from(v, _HS + i * _REC.size)[1]
+                        if key in sent and key not in seen:
+                            seen.add(key)
+                            lat.append(r.timestamp - sent[key])
     finally:
         c.close()
     return np.asarray(lat, dtype=np.float64)

@@ -230,24 +230,27 @@ def freshness(ctx: Ctx, sec: Section) -> None:
             hq = histogram_quantiles(before, after, "actionstream_freshness_seconds", (0.5, 0.99), stage="sequence")
             rows.append((frac, lat, hq))
             pct = f"{frac:.0%}"
-            if len(lat) == 0:
-                sec.notes.append(f"at {pct}: no changelog record matched the events sent")
-                continue
-            p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
-            sec.add(f"at {pct} of max ({run.rate:,.0f} events/s): p50", float(p50), "ms")
+            label = f"at {pct} of max ({run.rate:,.0f} events/s)"
             is50 = frac == 0.5
-            sec.add(f"at {pct} of max ({run.rate:,.0f} events/s): p99", float(p99), "ms",
-                    target=f"< {FRESHNESS_P99_MS:.0f} ms" if is50 else "",
-                    ok=(p99 < FRESHNESS_P99_MS) if is50 else None)
-            hist = (f"; the worker's own freshness histogram says p50 {hq[0] * 1e3:.0f} ms / p99 {hq[1] * 1e3:.0f} ms "
-                    "(bucket-interpolated)") if hq[0] is not None and hq[1] is not None else ""
-            sec.notes.append(f"at {pct}: {len(lat):,} of {len(run.sent):,} events matched to their changelog "
-                             f"record{hist}")
+            if hq[0] is not None and hq[1] is not None:
+                sec.add(f"{label}: p50, stored (worker histogram)", hq[0] * 1e3, "ms")
+                sec.add(f"{label}: p99, stored (worker histogram)", hq[1] * 1e3, "ms",
+                        target=f"< {FRESHNESS_P99_MS:.0f} ms" if is50 else "",
+                        ok=(hq[1] * 1e3 < FRESHNESS_P99_MS) if is50 else None)
+            else:
+                sec.notes.append(f"at {pct}: the worker's freshness histogram recorded nothing")
+            if len(lat):
+                sec.add(f"{label}: p50, in the changelog (external)", float(np.percentile(lat, 50)), "ms")
+                sec.add(f"{label}: p99, in the changelog (external)", float(np.percentile(lat, 99)), "ms")
+            sec.notes.append(f"at {pct}: {len(lat):,} of {len(run.sent):,} events found in a changelog record")
     finally:
         _stop(procs)
-    sec.notes.append(f"max rate = one worker's end-to-end figure ({max_rate:,.0f} events/s); freshness = timestamp "
-                     "of the changelog record the worker wrote for the event − the event's ts (set at send); "
-                     "producer linger 2 ms included")
+    sec.notes.append(f"max rate = one worker's end-to-end figure ({max_rate:,.0f} events/s); events carry ts = the "
+                     "wall clock at send (producer linger 2 ms included). 'stored' = the worker's "
+                     "actionstream_freshness_seconds{stage=\"sequence\"} histogram (event ts → value written to "
+                     "RocksDB, i.e. visible to the API), quantiles interpolated inside its buckets (0.1/0.25/0.5 s "
+                     "around the target, like PromQL histogram_quantile); 'in the changelog' = timestamp of the first "
+                     "changelog record holding the event − its ts, measured outside the worker (durable)")
     _plot_freshness(ctx, sec, rows)
 
 
@@ -357,7 +360,7 @@ def _filled(ctx: Ctx) -> dict[str, Any]:
     finally:
         _stop(procs)
     out = {"users": users, "events": w.n, "topic": topic, "worker_id": worker_id, "scratch": scratch,
-           "rss": rss, "keys": keys}
+           "rss": rss, "keys": keys, "user_ids": sorted({k.decode() for k in w.keys})}
     ctx.cache["filled"] = out
     return out
 
@@ -397,7 +400,7 @@ def footprint(ctx: Ctx, sec: Section) -> None:
     if latest:
         sec.add("stored value per user (packed sequence, 100 actions)", sum(latest.values()) / len(latest), "B",
                 note="latest changelog value per user = the RocksDB value")
-    tables = [p for p in f["scratch"].rglob("*.db") if p.is_dir()]
+    tables = [p for p in f["scratch"].rglob("*.db") if p.is_dir() and p.name.startswith("sequences")]
     if tables:
         total = sum(_dir_bytes(t) for t in tables)
         sec.add("RocksDB files per user (on disk, all table partitions)", total / users, "B",
@@ -405,11 +408,11 @@ def footprint(ctx: Ctx, sec: Section) -> None:
     if f["rss"]:
         sec.add("worker RSS after processing", f["rss"] / 2**20, "MiB", note=f"{users:,} users")
     sec.notes.append(f"{users:,} users × ~110 uniform events ({f['events']:,}), so every user is at the "
-                     f"100-action cap; the worker reported {f['keys']:.0f} keys in its sequences table")
+                     f"100-action cap; the worker's table_keys gauge (a RocksDB estimate) said {f['keys']:.0f}")
 
 
 def recovery(ctx: Ctx, sec: Section) -> None:
-    from bench.live import metric, scrape, wait_ready
+    from bench.live import metric, scrape, sequence_lengths, wait_ready
     f = _filled(ctx)
     changelog = f"{f['worker_id']}-sequences-changelog"
     records = sum(topic_end_offsets(ctx.env.bootstrap, changelog).values())
@@ -436,7 +439,7 @@ def recovery(ctx: Ctx, sec: Section) -> None:
             time.sleep(0.05)
         t_ready = time.monotonic()
         wait_ready(procs)
-        keys = metric(scrape(port), "actionstream_table_keys", table="sequences")
+        lengths = sequence_lengths(port, f["user_ids"])
     finally:
         _stop(procs)
     ready_s = t_ready - t0
@@ -446,10 +449,11 @@ def recovery(ctx: Ctx, sec: Section) -> None:
                 note="from the first scrape showing records left to replay to /readyz")
     sec.add("changelog records replayed per second, whole start-up", records / ready_s, "records/s",
             note="records / (start → ready): a lower bound including process start and group join")
-    sec.notes.append(f"{records:,} changelog records for {f['users']:,} users; after recovery the worker holds "
-                     f"{keys:.0f} keys (expected {f['users']:,})")
-    if int(keys) != f["users"]:
-        sec.notes.append("❌ the recovered table does not hold every user")
+    full = sum(1 for v in lengths.values() if v == 100)
+    sec.notes.append(f"{records:,} changelog records for {f['users']:,} users; after recovery GET /sequence "
+                     f"returns a full 100-action sequence for {full:,} of {len(lengths):,} users")
+    if full != len(lengths):
+        sec.notes.append("❌ the recovered state is missing actions (see above)")
 
 
 # ------------------------------------------------------------------------------------------------ profile
@@ -503,8 +507,8 @@ def _collapse(path: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]],
             incl[fr] = incl.get(fr, 0) + c
     def top(d: dict[str, int]) -> list[tuple[str, int]]:
         return sorted(d.items(), key=lambda kv: -kv[1])
-    # inclusive: skip the frames every sample shares (process/thread roots, the event loop driver)
-    inclusive = [(k, v) for k, v in top(incl) if v < 0.97 * n]
+    # inclusive: skip the frames (almost) every sample shares: process roots, the worker's run(), the loop
+    inclusive = [(k, v) for k, v in top(incl) if v < 0.8 * n]
     return top(own), inclusive, max(n, 1)
 
 

@@ -53,12 +53,13 @@ def make_events(n: int, users: int, *, items: int = 50_000, seed: int = 7, span_
                 end_ms: int | None = None, uniform_users: bool = False) -> Workload:
     """``n`` events over ``users`` users, event times in ``[end - span, end]`` (end defaults to now).
 
-    ``uniform_users=True`` spreads events evenly (used to give every user a full 100-action sequence).
+    ``uniform_users=True`` deals events to users round-robin (every user gets ``n // users`` or one more:
+    used to give every user a full 100-action sequence).
     """
     rng = np.random.default_rng(seed)
     end = now_ms() if end_ms is None else end_ms
     start = end - int(span_s * 1000)
-    u = rng.integers(0, users, size=n) if uniform_users else _zipf_choice(rng, users, n, 0.8)
+    u = np.arange(n) % users if uniform_users else _zipf_choice(rng, users, n, 0.8)
     it = _zipf_choice(rng, items, n, 0.9)
     act = rng.choice(len(ACTIONS), size=n, p=ACTION_P)
     surf = rng.integers(0, len(SURFACES), size=n)
