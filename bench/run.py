@@ -8,6 +8,7 @@ simulator-like events (~190 B JSON, key = user id) and runs the sections in orde
   framework  decode-only Faust agent, with and without stream.take
   platform   `actionstream worker` end to end (1 worker, 2 workers), ratios to the three above
   freshness  event time → sequence stored, p50/p99 at 25/50/90% of the measured max rate
+  realtime   the worker with TransAct realtime vectors on: throughput, freshness → realtime vector stored
   api        GET /v1/users/{id}/features p50/p99 at a steady request rate, stream running
   scoring    TransAct encoder and 1 user × 100/500/1000 candidates; the direct port at 500
   footprint  RocksDB bytes per user with full 100-action sequences, worker RSS
