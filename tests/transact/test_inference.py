@@ -13,6 +13,7 @@ shows up at 1e-2 or more, as the mutation check below confirms.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,15 @@ from transact.model import RankingConfig, RankingModel, TransAct, TransActConfig
 
 REQ = 1_700_000_000_000
 ATOL = RTOL = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread (2 OpenMP threads on busy shared cores spin-wait: ~2.5x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

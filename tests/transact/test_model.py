@@ -4,6 +4,7 @@ loss weighting and the weights-only checkpoint round-trip."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,15 @@ from transact.model import (
 
 S, DI, HOUR = 100, 32, 3_600_000
 REQ = 1_700_000_000_000
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread (2 OpenMP threads on busy shared cores spin-wait: ~2.5x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_batch(lens: list[int], *, seed: int = 0, daily_dim: int = 0, spacing_ms: int = 60_000) -> dict[str, torch.Tensor]:
