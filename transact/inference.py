@@ -320,7 +320,7 @@ class Encoder:
         """U stored sequences (newest first) -> (U, out_dim) float32 realtime vectors (zeros if empty)."""
         if not seqs:
             return np.zeros((0, self.out_dim), np.float32)
-        req = [request_ts] if isinstance(request_ts, int) else list(request_ts)
+        req = [int(request_ts)] if np.ndim(request_ts) == 0 else list(request_ts)  # type: ignore[arg-type]
         batch = build_batch(seqs, req, self.items, self.cfg.seq_len, item_dim=self.cfg.item_dim,
                             hash_buckets=self.cfg.hash_buckets)
         length = max(_real_length(batch), 1)
