@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 KAFKA_LIB := deploy/kafka/lib
 PYTEST_ARGS ?=
+# idle OpenMP threads sleep instead of spinning on the 2 shared cores (see transact/inference.py)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 -include mk/*.mk
 
