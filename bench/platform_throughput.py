@@ -6,6 +6,12 @@ the worker(s) start on a topic already holding N events; we poll every worker's 
 that sees the sum reach N (start-up and group join excluded; reported separately as ``ready_s``).
 The poll interval bounds the timing error (±0.1 s over runs of 10-30 s).
 
+On a shared, loaded machine wall-clock rates swing by 2x between runs, so every run also reports
+``events_per_cpu_s``: events divided by the CPU seconds (user + system, from ``/proc/<pid>/stat``) the
+worker processes burned over the same interval - what one dedicated core would do. ``--baseline`` runs
+the framework ceiling (``bench.faust_apps.decode_only``, a Faust agent that only decodes) over the same
+topic the same way, so the ratio platform / decode-only is measured side by side.
+
     python -m bench.platform_throughput --events 100000 --users 10000 [--workers 2] [--bootstrap host:port]
 
 Importable: :func:`measure_platform` returns a :class:`PlatformRun` (used by ``bench.run``).
@@ -15,18 +21,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 import urllib.request
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+
+import orjson
 
 from bench.env import BenchEnv
 from bench.procs import Proc, rss_bytes, start_module
 from bench.workload import Workload, make_events
 from streams.broker import free_port
 
-__all__ = ["PlatformRun", "measure_platform", "start_workers"]
+__all__ = ["PlatformRun", "cpu_seconds", "measure_decode_only", "measure_platform", "start_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,20 @@ class PlatformRun:
     ready_s: float
     rerouted: float
     rss_bytes: int | None
+    cpu_seconds: float = 0.0
+
+    @property
+    def events_per_cpu_s(self) -> float:
+        return self.events / self.cpu_seconds if self.cpu_seconds else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc; 0.0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _accepted(port: int) -> tuple[float, float]:
@@ -104,9 +127,11 @@ def measure_platform(env: BenchEnv, topic: str, n: int, *, workers: int = 1, tim
             if first is None and accepted > 0:
                 first = now
                 ready_s = now - t0
+                cpu0 = sum(cpu_seconds(p.pid) for p, _ in procs)
             if accepted >= n:
                 assert first is not None
                 seconds = now - first
+                cpu = sum(cpu_seconds(p.pid) for p, _ in procs) - cpu0
                 rerouted = sum(c[1] for c in counts)
                 rss = rss_bytes(procs[0][0].pid)
                 break
@@ -115,7 +140,39 @@ def measure_platform(env: BenchEnv, topic: str, n: int, *, workers: int = 1, tim
         for p, _ in procs:
             p.stop()
     return PlatformRun(events=n, workers=workers, events_per_s=n / seconds, seconds=seconds, ready_s=ready_s,
-                       rerouted=rerouted, rss_bytes=rss)
+                       rerouted=rerouted, rss_bytes=rss, cpu_seconds=cpu)
+
+
+def measure_decode_only(env: BenchEnv, topic: str, n: int, timeout: float = 300.0) -> PlatformRun:
+    """The framework ceiling over the same topic, with the same CPU accounting (samples every 50 ms)."""
+    app_id = f"bench-decode-{uuid.uuid4().hex[:6]}"
+    scratch = env.dir(app_id)
+    out = scratch / "result.json"
+    t0 = time.monotonic()
+    proc = start_module("bench.faust_apps.decode_only",
+                        ["--bootstrap", env.bootstrap, "--topic", topic, "--n", str(n), "--out", str(out),
+                         "--data-dir", str(scratch / "data"), "--app-id", app_id,
+                         "--partitions", str(env.partitions)], scratch / "decode.log")
+    samples: list[tuple[float, float]] = []
+    try:
+        while not out.exists():
+            if not proc.alive() or time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"decode-only app failed:\n{proc.tail()}")
+            samples.append((time.monotonic(), cpu_seconds(proc.pid)))
+            time.sleep(0.05)
+        samples.append((time.monotonic(), cpu_seconds(proc.pid)))
+        res = orjson.loads(out.read_bytes())
+        rss = rss_bytes(proc.pid)
+    finally:
+        proc.stop()
+
+    def cpu_at(t: float) -> float:  # last sample at or before t
+        return max((c for ts, c in samples if ts <= t), default=samples[0][1])
+
+    cpu = cpu_at(res["last"] + 0.05) - cpu_at(res["first"])
+    return PlatformRun(events=res["count"], workers=1, events_per_s=res["count"] / res["seconds"],
+                       seconds=res["seconds"], ready_s=max(0.0, res["first"] - t0), rerouted=0.0, rss_bytes=rss,
+                       cpu_seconds=cpu)
 
 
 def main() -> None:
@@ -125,15 +182,25 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--bootstrap", help="use a running broker instead of starting one")
+    p.add_argument("--baseline", action="store_true", help="also run the decode-only Faust agent (ceiling)")
+    p.add_argument("--repeat", type=int, default=1, help="alternate the runs this many times")
     args = p.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     w: Workload = make_events(args.events, args.users)
     with BenchEnv(partitions=args.partitions, bootstrap=args.bootstrap) as env:
         topic = env.prefilled("platform", w)
-        run = measure_platform(env, topic, w.n, workers=args.workers)
-    print(f"platform: {run.events_per_s:,.0f} events/s ({run.events} events, {run.workers} worker(s), "
-          f"{run.seconds:.1f}s; first event {run.ready_s:.1f}s after start; rerouted {run.rerouted:.0f})")
-    print(asdict(run))
+        for _ in range(args.repeat):
+            if args.baseline:
+                base = measure_decode_only(env, topic, w.n)
+                print(f"decode-only: {base.events_per_s:,.0f} events/s wall, {base.events_per_cpu_s:,.0f} "
+                      f"events per CPU-second", flush=True)
+            run = measure_platform(env, topic, w.n, workers=args.workers)
+            print(f"platform:    {run.events_per_s:,.0f} events/s wall, {run.events_per_cpu_s:,.0f} events per "
+                  f"CPU-second ({run.events} events, {run.workers} worker(s), {run.seconds:.1f}s; first event "
+                  f"{run.ready_s:.1f}s after start; rerouted {run.rerouted:.0f})", flush=True)
+            if args.baseline:
+                print(f"ratio platform/decode-only: wall {run.events_per_s / base.events_per_s:.2f}, "
+                      f"per CPU-second {run.events_per_cpu_s / base.events_per_cpu_s:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,18 @@ only ever written while processing a message *of that partition*, so the changel
 partition file and the HTTP routing all agree.
 
 Where we differ from a plain ``table[k] = v`` (Faust's naive path, ~1.8k events/s here):
-:meth:`SequenceStore.apply` reads and writes the partition's RocksDB file directly and sends the changelog
-record itself through the table's own :meth:`faust.Table.send_changelog` (same topic, same offset
-bookkeeping callback, flushed by Faust before every offset commit). It skips Faust's per-access
-``current_event()`` context lookups, its thread-locked LRU key index and the table sensors; those cost
-more than the RocksDB I/O at our event rates. Values are written once per event and only when changed.
+:meth:`SequenceStore.apply` reads the partition's RocksDB file directly and puts the new value in the
+worker's :class:`~streams.outbox.Outbox`, which is both the RocksDB write buffer and the changelog
+queue (one ``WriteBatch`` and one changelog batch per partition per flush, coalesced per user, flushed
+before every offset commit, persisted offsets advanced on ack). It skips Faust's per-access
+``current_event()`` lookups, its thread-locked LRU key index, the table sensors and the per-record
+producer buffer; those cost more than the RocksDB I/O at our event rates.
+
+An event that changes nothing (a duplicate, or too old to enter the sequence) still re-queues the user's
+current blob: after a crash, events after the last commit are processed again and find their effect
+already in the kept RocksDB dir, while the changelog record of that effect may never have been sent.
+Re-sending heals the changelog (so a later recovery from it loses nothing); it costs one small record per
+duplicate, and duplicates are rare outside of replays.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 import faust
 from aiokafka.partitioner import murmur2
 
+from streams.outbox import Outbox
 from streams.sequence import SequenceCodec, update_blob
 from streams.settings import WorkerSettings
 
@@ -51,10 +59,12 @@ class SequenceStore:
     (the owner of the user); ``get_blob`` may run anywhere in this worker (HTTP handlers).
     """
 
-    __slots__ = ("table", "codec", "partitions", "_owner_cache")
+    __slots__ = ("table", "codec", "partitions", "outbox", "_owner_cache")
 
-    def __init__(self, table: faust.Table, codec: SequenceCodec, partitions: int) -> None:
+    def __init__(self, table: faust.Table, codec: SequenceCodec, partitions: int,
+                 outbox: Outbox | None = None) -> None:
         self.table = table
+        self.outbox = outbox
         self.codec = codec
         self.partitions = partitions
         self._owner_cache: dict[bytes, int] = {}
@@ -80,15 +90,31 @@ class SequenceStore:
     def apply(self, partition: int, user_key: bytes, act: tuple[int, int, int, int, int, str]) -> bytes | None:
         """Add one action to the user's stored sequence; return the new blob, or None if unchanged.
 
-        Writes RocksDB and queues one changelog record (flushed by Faust before the offset commit).
+        With an outbox (the worker): reads the partition's pending buffer, then RocksDB; the new value goes
+        to the buffer (RocksDB + changelog at the next flush). An unchanged user is re-queued too (see the
+        module docstring).
         """
+        outbox = self.outbox
+        if outbox is not None and self.is_rocksdb:
+            db, pending = outbox.table_pending(partition, self._db)
+            blob = pending.get(user_key)
+            if blob is None:
+                blob = db.get(user_key)
+            new = update_blob(blob, act, max_len=self.codec.max_len, window_ms=self.codec.window_ms)
+            if new is not None:
+                pending[user_key] = new
+                outbox.added()
+            elif blob is not None:
+                pending[user_key] = blob
+                outbox.added()
+            return new
         if self.is_rocksdb:
             db = self._db(partition)
             blob = db.get(user_key)
             new = self.codec_update(blob, act)
             if new is not None:
                 db.put(user_key, new)
-                self.table.send_changelog(partition, user_key, new, "raw", "raw")
+                self._changelog(partition, user_key, new)
             return new
         # memory:// store (tests, experiments): Faust's own path
         new = self.codec_update(self.table.get(user_key), act)
@@ -96,14 +122,26 @@ class SequenceStore:
             self.table[user_key] = new
         return new
 
+    def _changelog(self, partition: int, key: bytes, value: bytes) -> None:
+        # a store built without an outbox: Faust's per-record path
+        self.table.send_changelog(partition, key, value, "raw", "raw")
+
     def codec_update(self, blob: bytes | None, act: tuple[int, int, int, int, int, str]) -> bytes | None:
         return update_blob(blob, act, max_len=self.codec.max_len, window_ms=self.codec.window_ms)
 
     def get_blob(self, user_id: str) -> bytes | None:
-        """The stored blob of a user owned by this worker, or None (no history or not owned here)."""
+        """The stored blob of a user owned by this worker, or None (no history or not owned here).
+
+        Includes writes still in the outbox's buffer (read-your-writes for the API).
+        """
         key = user_id.encode("utf-8", "surrogatepass")
         if self.is_rocksdb:
-            db = self.table.data._dbs.get(self.owner(key))
+            partition = self.owner(key)
+            if self.outbox is not None:
+                pending = self.outbox.pending_value(partition, key)
+                if pending is not None:
+                    return pending
+            db = self.table.data._dbs.get(partition)
             return None if db is None else db.get(key)
         value = self.table.data.get(key)
         return value if value is None or isinstance(value, bytes) else bytes(value)

@@ -61,6 +61,15 @@ def _accepted(w: WorkerProc) -> float:
         return 0.0
 
 
+def _owns_partitions(w: WorkerProc, topic: str) -> bool:
+    """Whether the worker reports consumer lag (i.e. holds an assignment) for ``topic``."""
+    try:
+        return any(k.startswith("actionstream_consumer_lag_messages{") and f'topic="{topic}"' in k
+                   for k in w.metrics())
+    except OSError:
+        return False
+
+
 def _assert_full_state(w: WorkerProc, bootstrap: str, events: list[Event]) -> None:
     expected = expected_state(events)
     state = wait_for_state(bootstrap, w.changelog_topic, expected, 120)
@@ -112,15 +121,18 @@ def test_one_to_two_to_one_workers(kafka, tmp_path: Path) -> None:  # type: igno
         w1.wait_ready(90)
         produce(kafka.bootstrap, topic, [encode_event(e) for e in batches[0]], keys=event_keys(batches[0]))
 
-        w2.start()  # joins mid-stream: partitions (and their state) move to it
-        producer = _produce_in_background(kafka.bootstrap, topic, batches[1], chunks=5)
+        w2.start()  # joins: half of the partitions (and their state) move to it
         w2.wait_ready(90)
+        wait_until(lambda: _owns_partitions(w2, topic), 90, "w2 to be assigned input partitions")
+        wait_until(w1.ready, 90, "w1 ready after the rebalance")
+        before = _accepted(w1)
+        producer = _produce_in_background(kafka.bootstrap, topic, batches[1], chunks=5)
         producer.join(120)
         seen = batches[0] + batches[1]
         _assert_full_state(w1, kafka.bootstrap, seen)
-        # both workers serve every user (the API routes to the owner) and both own partitions
+        # both workers serve every user (the API routes to the owner) and both applied events
         assert diff_json(http_state(w2, expected_state(seen)), expected_json(expected_state(seen))) == CLEAN
-        assert _accepted(w2) > 0, "the second worker never got partitions"
+        assert _accepted(w2) > 0 and _accepted(w1) > before
 
         w1.stop()  # leaves: w2 takes every partition back, recovering w1's from the changelog
         produce(kafka.bootstrap, topic, [encode_event(e) for e in batches[2]], keys=event_keys(batches[2]))
