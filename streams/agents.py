@@ -19,10 +19,11 @@ second stream pass, and Faust costs one event-loop iteration per pass (~6k/s per
 misrouted events gives the same guarantee (one owner per user) with no extra pass in the common case,
 and exactly the cost of ``group_by`` in the worst case (a random partitioner).
 
-Delivery: DLQ records, forwarded events and changelog records are produced with ``send_soon``; Faust
-flushes the producer, and :class:`streams.archive.ArchiveWriter` is flushed, before every offset commit
-(see :func:`streams.app.create_platform`), so everything is at-least-once. Events processed twice after a
-crash change nothing (the sequence update is idempotent and order-independent).
+Delivery: DLQ records, forwarded events and changelog records go through the worker's
+:class:`streams.outbox.Outbox`; the outbox, the archive (:class:`streams.archive.ArchiveWriter`) and the
+producer are flushed before every offset commit (``streams.app._install_commit_hook``), so everything is
+at-least-once. Events processed twice after a crash change nothing (the sequence update is idempotent
+and order-independent).
 
 Any exception while handling one message (not expected: the parser never raises) is logged with its
 topic/partition/offset and the message goes to the DLQ with reason ``processing_error``: one poison
