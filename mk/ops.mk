@@ -1,8 +1,13 @@
 # Operations targets (helper E's area): Prometheus tooling, local stack helpers, ops tests.
-# `make up` (main Makefile) runs `actionstream up`; state lives under .actionstream/.
+# `make up` (main Makefile) runs `actionstream up`; state lives under $(STACK_DIR) (default .actionstream/;
+# `STACK_DIR=/tmp/x make up` / `make demo` / `make down` all use it: exported as ACTIONSTREAM_STACK_DIR).
+# The first `make up` trains small models into $(STACK_DIR)/models/ (~1 min), later ones reuse them.
+STACK_DIR ?= $(or $(ACTIONSTREAM_STACK_DIR),.actionstream)
+STACK_DIR := $(STACK_DIR)
+export ACTIONSTREAM_STACK_DIR := $(STACK_DIR)
 PROM_RULES := deploy/prometheus/rules/actionstream.rules.yml
 
-.PHONY: ops-deps demo down test-ops check-prometheus
+.PHONY: ops-deps demo down test-ops check-prometheus up-retrain
 
 ops-deps: ## install the Prometheus server + promtool from Debian when missing (needs root)
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null \
@@ -17,7 +22,9 @@ check-prometheus: ## promtool: check the scrape config and rules, run the alert 
 demo: install ## against a running `make up`: simulated traffic, daily job, print a user's features and scores
 	$(VENV)/bin/actionstream demo --state-dir $(STACK_DIR)
 
-STACK_DIR ?= .actionstream
+
+up-retrain: install ## like `make up`, but train the stack's models in $(STACK_DIR)/models/ again first
+	$(VENV)/bin/actionstream up --retrain-models
 
 down: ## stop a stack started by `make up` in another terminal (SIGTERM to its pid file)
 	@if [ -f $(STACK_DIR)/stack.pid ]; then \

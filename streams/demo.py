@@ -3,13 +3,15 @@
 1. publishes simulated traffic (``actionstream simulate``: power-law users/items, interest bursts) live;
 2. waits until the workers have consumed it (their ``/metrics``), and reports accepted/rejected counts;
 3. runs the daily PinnerFormer job (``actionstream daily``) on the stack's event archive, publishing to the
-   embeddings topic; without a checkpoint it first trains a tiny one on simulated history of the same users and items
-   (``--train-steps``, 0 = skip);
+   embeddings topic, with the PinnerFormer `actionstream up` trained into ``<state-dir>/models/`` (and its item
+   vectors); without a checkpoint (a stack started with ``--no-models``) it first trains a tiny one on
+   simulated history of the same users and items (``--train-steps``, 0 = skip);
 4. picks the most active user of the traffic and prints their hybrid features
    (``GET /v1/users/{id}/features``) and candidate scores (``POST /v1/users/{id}/score``) from the API.
 
-Every step says what it did or why it was skipped (e.g. the worker has no TransAct model: scores answer
-503 until ``ACTIONSTREAM_TRANSACT_CHECKPOINT`` is set for ``actionstream up``).
+The traffic's world (users, items, seed) defaults to the one the stack's models were trained on (``stack.json``).
+Every step says what it did or why it was skipped (e.g. a stack started with ``--no-models`` has no TransAct
+model: scores answer 503).
 """
 
 from __future__ import annotations
@@ -146,20 +148,24 @@ def wait_applied(workers: list[str], timeout: float = 120) -> dict[str, float]:
     return totals
 
 
-def run_daily_job(s: DemoSettings, state: dict[str, Any], stack_dir: Path) -> None:
+def run_daily_job(s: DemoSettings, state: dict[str, Any], stack_dir: Path) -> bool:
+    """Run the daily job on the stack's archive; True when it published embeddings."""
     if importlib.util.find_spec("embeddings.daily_job") is None:
         _say("[3/4] daily job: embeddings/daily_job.py is not in this checkout; skipped (features show daily: null)")
-        return
+        return False
     archive = Path(state["archive_dir"])
     if not any(archive.glob("date=*/part-*.jsonl")):
         _say(f"[3/4] daily job: the archive {archive} is empty (workers run with the archive off?); skipped")
-        return
-    checkpoint = s.demo_pinnerformer_checkpoint or (stack_dir / "models" / "pinnerformer" / "model.pt")
+        return False
+    checkpoint = (s.demo_pinnerformer_checkpoint or (stack_dir / "models" / "pinnerformer" / "model.pt")).resolve()
+    models = state.get("models") or {}
+    # the stack's bootstrapped PinnerFormer reads the same item vectors as the workers
+    items = models.get("items") if models.get("pinnerformer") == str(checkpoint) else None
     if not checkpoint.is_file():
         if s.demo_train_steps == 0:
             _say(f"[3/4] daily job: no PinnerFormer checkpoint at {checkpoint} and --train-steps 0; skipped. "
                  f"Train one: actionstream train pinnerformer --events {archive} --out {checkpoint.parent}")
-            return
+            return False
         history = stack_dir / "models" / "pinnerformer-history.jsonl"
         history.parent.mkdir(parents=True, exist_ok=True)
         _say(f"[3/4] no PinnerFormer checkpoint at {checkpoint}: training a small one ({s.demo_train_steps} "
@@ -174,17 +180,21 @@ def run_daily_job(s: DemoSettings, state: dict[str, Any], stack_dir: Path) -> No
         if not checkpoint.is_file():
             raise ActionstreamError(f"training finished but wrote no {checkpoint}")
     day = dt.datetime.now(dt.timezone.utc).date().isoformat()
-    _say(f"[3/4] daily job for {day}: archive {archive}, checkpoint {checkpoint} ...")
+    _say(f"[3/4] daily job for {day}: archive {archive}, checkpoint {checkpoint}"
+         + (f", items {items}" if items else "") + " ...")
     out = _step("daily", _cli("daily", "--archive", str(archive), "--date", day, "--checkpoint", str(checkpoint),
                               "--snapshots", str(stack_dir / "snapshots"), "--bootstrap",
-                              s.kafka_bootstrap_servers, "--topic", s.topic_embeddings, "--log-level", "WARNING"),
+                              s.kafka_bootstrap_servers, "--topic", s.topic_embeddings, "--log-level", "WARNING",
+                              *(["--items", str(items)] if items else [])),
                 capture=True)
     try:
         manifest = json.loads(out[out.index("{"):])
         summary = {k: v for k, v in manifest.items() if not isinstance(v, (dict, list))}
         _say("      " + json.dumps(summary))
+        return bool(manifest.get("published_records"))
     except ValueError:
         _say(out.strip())
+    return True
 
 
 def most_active_user(s: DemoSettings, sample: int = 3000) -> tuple[str, list[str]]:
@@ -223,9 +233,24 @@ def _short(vector: Any) -> str:
     return f"[{', '.join(f'{x:.3f}' for x in vector[:4])}, ...] ({len(vector)} values)"
 
 
-def show_user(s: DemoSettings, api: str, user: str, popular: list[str]) -> int:
+def settled_features(api: str, user: str, token: str, *, want_daily: bool, want_realtime: bool,
+                     timeout: float = 20) -> tuple[int, Any]:
+    """GET features until the expected parts are there (the daily records and the realtime encoder are
+    asynchronous) or ``timeout``; the last answer either way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, features = _http("GET", f"{api}/v1/users/{user}/features", token)
+        ok = status == 200 and isinstance(features, dict) and (not want_daily or features.get("daily")) \
+            and (not want_realtime or features.get("realtime"))
+        if ok or status != 200 or time.monotonic() > deadline:
+            return status, features
+        time.sleep(0.5)
+
+
+def show_user(s: DemoSettings, api: str, user: str, popular: list[str], *, want_daily: bool = False,
+              want_realtime: bool = False) -> int:
     token = s.api_token.get_secret_value()
-    status, features = _http("GET", f"{api}/v1/users/{user}/features", token)
+    status, features = settled_features(api, user, token, want_daily=want_daily, want_realtime=want_realtime)
     _say(f"[4/4] user {user}: GET /v1/users/{user}/features -> {status}")
     if status != 200:
         _say(f"      {features}")
@@ -248,8 +273,8 @@ def show_user(s: DemoSettings, api: str, user: str, popular: list[str]) -> int:
     if status != 200:
         _say(f"      {scores}")
         if status == 503:
-            _say("      (the worker has no TransAct model: train one with `actionstream train transact` and "
-                 "start the stack with ACTIONSTREAM_TRANSACT_CHECKPOINT=<model.pt> make up)")
+            _say("      (the worker has no TransAct ranking model: `make up` trains one unless started with "
+                 "--no-models, or set ACTIONSTREAM_TRANSACT_CHECKPOINT=<model.pt> for `make up`)")
         return 0
     rows = scores.get("scores", [])
     heads = [k for k in (rows[0] if rows else {}) if k != "item_id"]
@@ -278,11 +303,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     state = load_state(args.state_dir)
+    world = (state.get("models") or {}).get("world") or {}  # the world the stack's models were trained on
     s = DemoSettings.load(
         kafka_bootstrap_servers=state["bootstrap"], topic_actions=state["topic_actions"],
         topic_dlq=state["topic_dlq"], topic_embeddings=state["topic_embeddings"], partitions=state["partitions"],
-        demo_rate=args.rate, demo_duration_s=args.duration, demo_users=args.users, demo_items=args.items,
-        demo_seed=args.seed, demo_candidates=args.candidates, demo_train_steps=args.train_steps,
+        demo_rate=args.rate, demo_duration_s=args.duration, demo_users=args.users or world.get("users"),
+        demo_items=args.items or world.get("items"), demo_seed=args.seed if args.seed is not None else world.get("seed"), demo_candidates=args.candidates, demo_train_steps=args.train_steps,
         demo_pinnerformer_checkpoint=args.pinnerformer_checkpoint)
     workers: list[str] = state["workers"]
     _say(f"demo against the stack in {args.state_dir}: Kafka {s.kafka_bootstrap_servers}, "
@@ -290,10 +316,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.skip_traffic:
         publish_traffic(s)
     wait_applied(workers)
-    run_daily_job(s, state, Path(args.state_dir).resolve())
+    published = run_daily_job(s, state, Path(args.state_dir).resolve())
     user, popular = most_active_user(s)
     if args.user:
         user = args.user
     if state.get("prometheus"):
         _say(f"      Prometheus: {state['prometheus']}/graph?g0.expr=rate(actionstream_events_accepted_total[1m])")
-    return show_user(s, workers[0], user, popular)
+    loaded = state.get("loaded_models") or {}
+    return show_user(s, workers[0], user, popular, want_daily=published,
+                     want_realtime="transact_realtime" in loaded)

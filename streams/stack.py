@@ -1,6 +1,13 @@
 """`actionstream up`: the whole local platform in one command, stopped together with Ctrl-C.
 
-Starts, in order: the embedded Apache Kafka broker (:class:`streams.broker.EmbeddedKafka`), the platform
+First, when no checkpoints are configured, trains small real models once into ``<state-dir>/models/``
+(:mod:`streams.stack_models`: simulated history of the demo's world, a PinnerFormer, an early-fusion hybrid
+TransAct ranking model and a candidate-free realtime TransAct; ~1 minute on 2 cores; reused by later runs,
+``--retrain-models`` / ``--no-models``) and hands them to the workers (``ACTIONSTREAM_TRANSACT_CHECKPOINT``,
+``ACTIONSTREAM_REALTIME_CHECKPOINT``, ``ACTIONSTREAM_ITEMS_PATH``). Checkpoints set in the environment are
+used as they are.
+
+Then starts, in order: the embedded Apache Kafka broker (:class:`streams.broker.EmbeddedKafka`), the platform
 topics (:func:`streams.topics.ensure_topics`), N stream workers (``actionstream worker`` subprocesses, each
 with its own HTTP port and RocksDB dir, all in one consumer group) and a Prometheus server on loopback
 scraping them, configured from ``deploy/prometheus/prometheus.yml`` and its alert rules. It then prints one
@@ -10,7 +17,7 @@ everything in reverse order (Prometheus, workers with a clean Faust shutdown, th
 dies on its own stops the stack with exit code 1.
 
 Files under ``--state-dir`` (default ``.actionstream``): ``kafka/`` (broker data, ``broker.log``),
-``worker-<port>/`` (RocksDB), ``archive/`` (event archive), ``prometheus/`` (generated config, TSDB),
+``models/`` (bootstrapped models), ``worker-<port>/`` (RocksDB), ``archive/`` (event archive), ``prometheus/`` (generated config, TSDB),
 ``logs/``, ``stack.pid`` (for ``make down``) and ``stack.json`` (addresses and pids, read by
 ``actionstream demo``). A stack killed with SIGKILL leaves its children behind: the next ``up`` finds them
 in ``stack.json`` and stops them first.
@@ -38,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from streams.broker import REPO_ROOT, EmbeddedKafka
 from streams.errors import ActionstreamError, BrokerError, ConfigError
@@ -63,6 +70,18 @@ class StackSettings(BrokerSettings, KafkaSettings):
     stack_scrape_interval_s: int = Field(5, ge=1, le=300)
     stack_ready_timeout_s: float = Field(180.0, gt=0)
     stack_logs: str = Field("prefix", pattern="^(prefix|files)$")
+    stack_models: bool = Field(True, description="train small models into <stack dir>/models when no "
+                                                  "checkpoint is configured (once; reused afterwards)")
+    stack_retrain_models: bool = False
+    # the worker's own variables (WorkerSettings): when set, used as they are and nothing is trained
+    transact_checkpoint: Path | None = None
+    realtime_checkpoint: Path | None = None
+    items_path: Path | None = None
+
+    @field_validator("transact_checkpoint", "realtime_checkpoint", "items_path", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
 
 
 # ------------------------------------------------------------------------------------------- prometheus
@@ -257,6 +276,8 @@ class Stack:
         self.prometheus: Child | None = None
         self._stop = threading.Event()
         self._broker_pid: int | None = None
+        self.models: dict[str, Any] = {}  # what the workers get (stack.json "models")
+        self.loaded: dict[str, str] = {}  # model label -> version, from worker-0's /metrics once ready
 
     # addresses
     def worker_port(self, i: int) -> int:
@@ -286,6 +307,9 @@ class Stack:
         (self.dir / "stack.pid").write_text(f"{os.getpid()}\n")
         self.logs.mkdir(parents=True, exist_ok=True)
         prom_bin = prometheus_binary() if s.stack_prometheus else None  # fail before starting anything
+        model_env = self._prepare_models()
+        if self._stop.is_set():
+            raise KeyboardInterrupt
 
         broker_settings = BrokerSettings.load(**{k: getattr(s, k) for k in BrokerSettings.model_fields}
                                               | {"broker_data_dir": self.dir / "kafka"})
@@ -301,7 +325,7 @@ class Stack:
             log.info("topic %s: %s", info.name, info.status)
 
         env = dict(os.environ, ACTIONSTREAM_KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
-                   ACTIONSTREAM_PARTITIONS=str(s.partitions), PYTHONUNBUFFERED="1")
+                   ACTIONSTREAM_PARTITIONS=str(s.partitions), PYTHONUNBUFFERED="1", **model_env)
         echo = s.stack_logs == "prefix"
         for i in range(s.stack_workers):
             port = self.worker_port(i)
@@ -323,6 +347,35 @@ class Stack:
                                     self.logs / "prometheus.log", echo).start()
             self._save_state()
         self._wait_ready()
+        if self.workers:
+            self.loaded = loaded_models(self.worker_url(0))
+            self._save_state()
+
+    def _prepare_models(self) -> dict[str, str]:
+        """The model variables for the workers: configured ones, else bootstrapped ones (trained once)."""
+        s = self.settings
+        configured = {"ACTIONSTREAM_TRANSACT_CHECKPOINT": s.transact_checkpoint,
+                      "ACTIONSTREAM_REALTIME_CHECKPOINT": s.realtime_checkpoint,
+                      "ACTIONSTREAM_ITEMS_PATH": s.items_path}
+        if any(v is not None for v in configured.values()):
+            log.info("models: using the configured %s", ", ".join(f"{k}={v}" for k, v in configured.items() if v))
+            self.models = {"source": "configured", **{k: str(v) for k, v in configured.items() if v}}
+            return {k: str(v) for k, v in configured.items() if v}
+        if not s.stack_models:
+            log.info("models: none (--no-models): realtime vectors stay empty and score answers 503")
+            self.models = {"source": "none"}
+            return {}
+        from streams.stack_models import WorldSpec, bootstrap_models
+
+        world = WorldSpec()
+        files = bootstrap_models(self.dir / "models", world, force=s.stack_retrain_models,
+                                 progress=s.stack_logs == "prefix")
+        manifest = files.read_manifest()
+        self.models = {"source": "bootstrap", "dir": str(files.root), "items": str(files.items),
+                       "pinnerformer": str(files.pinnerformer), "ranking": str(files.ranking),
+                       "realtime": str(files.realtime), "world": manifest.get("world", world.__dict__)}
+        return {"ACTIONSTREAM_TRANSACT_CHECKPOINT": str(files.ranking),
+                "ACTIONSTREAM_REALTIME_CHECKPOINT": str(files.realtime), "ACTIONSTREAM_ITEMS_PATH": str(files.items)}
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.settings.stack_ready_timeout_s
@@ -357,6 +410,9 @@ class Stack:
         parts += [f"{c.name} {self.worker_url(i)}" for i, c in enumerate(self.workers)]
         if self.prometheus is not None:
             parts.append(f"Prometheus {self.prometheus_url}")
+        if self.workers:
+            parts.append("models " + (", ".join(f"{k} {v}" for k, v in sorted(self.loaded.items()))
+                                      or "none loaded (score answers 503)"))
         where = f"logs {self.logs}/ (broker: {self.broker.log_file})" if self.broker else f"logs {self.logs}/"
         return ("actionstream up: " + " | ".join(parts) + f" | {where} | Ctrl-C or `make down` to stop")
 
@@ -399,10 +455,24 @@ class Stack:
                  "topic_embeddings": self.settings.topic_embeddings,
                  "workers": [self.worker_url(i) for i in range(len(self.workers))],
                  "prometheus": self.prometheus_url if self.prometheus else None,
-                 "archive_dir": str(self.dir / "archive"), "logs": str(self.logs), "children": children}
+                 "archive_dir": str(self.dir / "archive"), "logs": str(self.logs), "models": self.models,
+                 "loaded_models": self.loaded, "children": children}
         tmp = self.dir / "stack.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.dir / "stack.json")
+
+
+def loaded_models(worker_url: str) -> dict[str, str]:
+    """``{model label: version}`` of ``actionstream_model_info`` on a worker's /metrics (empty if unreachable)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"{worker_url}/metrics", timeout=5) as resp:  # noqa: S310 - loopback
+            text = resp.read().decode()
+    except (urllib.error.URLError, OSError):
+        return {}
+    return {smp.labels["model"]: smp.labels["version"] for fam in text_string_to_metric_families(text)
+            for smp in fam.samples if smp.name == "actionstream_model_info" and smp.value == 1}
 
 
 def load_state(stack_dir: Path) -> dict[str, Any]:
@@ -429,6 +499,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                    "(env ACTIONSTREAM_STACK_WORKER_PORT; 6066)")
     p.add_argument("--prometheus-port", type=int, help="Prometheus UI/API port (env ACTIONSTREAM_STACK_PROMETHEUS_PORT; 9090)")
     p.add_argument("--partitions", type=int, help="partitions of the user-keyed topics (env ACTIONSTREAM_PARTITIONS; 8)")
+    p.add_argument("--no-models", action="store_true",
+                   help="do not train/load the bootstrap models (workers run without TransAct: score answers 503)")
+    p.add_argument("--retrain-models", action="store_true",
+                   help="train the bootstrap models again even if <state-dir>/models/ has them")
     p.add_argument("--logs", choices=("prefix", "files"), help="prefix: children's logs on stdout, prefixed by "
                                                                "name (and in files); files: only in files")
 
@@ -443,7 +517,8 @@ def run(args: argparse.Namespace) -> int:
         stack_workers=args.workers, stack_prometheus=False if args.no_prometheus else None,
         stack_dir=args.state_dir, broker_port=args.kafka_port, broker_controller_port=args.controller_port,
         stack_worker_port=args.worker_port, stack_prometheus_port=args.prometheus_port,
-        partitions=args.partitions, stack_logs=args.logs)
+        partitions=args.partitions, stack_logs=args.logs,
+        stack_models=False if args.no_models else None, stack_retrain_models=True if args.retrain_models else None)
     stack = Stack(settings, log_level=args.log_level)
 
     def _on_signal(signum: int, _frame: object) -> None:
