@@ -160,7 +160,10 @@ def test_every_env_variable_is_a_real_setting() -> None:
 
 def test_configmap_values_pass_settings_validation() -> None:
     data = dict(_one("ConfigMap")["data"])
-    data.pop("ACTIONSTREAM_KAFKA_SSL_CAFILE")  # a path inside the pod; the validator checks it exists
+    # files inside the pod (CA, model checkpoints on the models volume): the validators check they exist
+    for key in ("ACTIONSTREAM_KAFKA_SSL_CAFILE", "ACTIONSTREAM_TRANSACT_CHECKPOINT", "ACTIONSTREAM_REALTIME_CHECKPOINT",
+                "ACTIONSTREAM_ITEMS_PATH", "ACTIONSTREAM_DAILY_ITEMS"):
+        assert data.pop(key).startswith("/"), key
     values = {k.removeprefix(ENV_PREFIX).lower(): v for k, v in data.items()}
     values["kafka_sasl_password"] = "x"
     WorkerSettings.load(**{k: v for k, v in values.items() if k in WorkerSettings.model_fields})
