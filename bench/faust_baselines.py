@@ -12,7 +12,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import start_module, wait_for_json
+import orjson
+
+from bench.procs import Proc, start_module, wait_for_json
 
 __all__ = ["FaustRun", "run_faust_app"]
 
@@ -23,6 +25,8 @@ class FaustRun:
     seconds: float
     startup_s: float
     cpu_seconds: float
+    events: int
+    complete: bool
 
     @property
     def events_per_cpu_s(self) -> float:
@@ -31,18 +35,38 @@ class FaustRun:
 
 
 def run_faust_app(module: str, *, bootstrap: str, topic: str, n: int, scratch: Path, take: int = 0,
-                  store: str = "rocksdb://", timeout: float = 300.0) -> FaustRun:
-    """Run ``bench.faust_apps.<module>`` over ``topic`` until it has processed ``n`` events."""
+                  store: str = "rocksdb://", timeout: float = 300.0, budget_s: float = 120.0) -> FaustRun:
+    """Run ``bench.faust_apps.<module>`` over ``topic`` until it has processed ``n`` events, or for at most
+    ``budget_s`` seconds after its first event (then the rate is the one over the events done so far:
+    ``complete`` is False). ``timeout`` bounds start-up + the run."""
     app_id = f"bench-{module}-{uuid.uuid4().hex[:6]}"
     out = scratch / f"{app_id}.json"
     args = ["--bootstrap", bootstrap, "--topic", topic, "--n", str(n), "--out", str(out),
             "--data-dir", str(scratch / app_id), "--app-id", app_id, "--store", store, "--take", str(take)]
     t0 = time.monotonic()
     proc = start_module(f"bench.faust_apps.{module}", args, scratch / f"{app_id}.log")
+    progress = out.with_suffix(".progress")
     try:
-        res = wait_for_json(out, proc, timeout)
+        res, complete = _wait(out, progress, proc, timeout, budget_s)
     finally:
         proc.stop()
     # ``first`` is on the child's monotonic clock: the same CLOCK_MONOTONIC on Linux.
     return FaustRun(events_per_s=res["count"] / res["seconds"], seconds=res["seconds"],
-                    startup_s=max(0.0, res["first"] - t0), cpu_seconds=res.get("cpu_seconds", 0.0))
+                    startup_s=max(0.0, res["first"] - t0), cpu_seconds=res.get("cpu_seconds", 0.0),
+                    events=int(res["count"]), complete=complete)
+
+
+def _wait(out: Path, progress: Path, proc: Proc, timeout: float, budget_s: float) -> tuple[dict[str, float], bool]:
+    deadline = time.monotonic() + timeout
+    while True:
+        if out.exists():
+            return orjson.loads(out.read_bytes()), True
+        if progress.exists():
+            snap = orjson.loads(progress.read_bytes())
+            if time.monotonic() - snap["first"] > budget_s and snap["seconds"] > 0:
+                return snap, False
+        if not proc.alive():
+            return wait_for_json(out, proc, 0.1), True  # raises with the log tail
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no result after {timeout:.0f}s:\n{proc.tail()}")
+        time.sleep(0.05)

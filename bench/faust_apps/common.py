@@ -5,7 +5,8 @@ core and one event loop, exactly like a real worker. The agent counts processed 
 seen ``--n`` of them it writes ``--out`` (JSON: first/last event times on the process's monotonic
 clock, count, and the CPU seconds the process burned meanwhile) and keeps running until the benchmark sends SIGTERM. The timed interval runs from the
 first event the agent sees to the N-th, so process start-up and the group join are excluded (they are
-reported separately from the wall clock).
+reported separately from the wall clock). Every 0.5 s it also writes ``<out>.progress`` (the same fields so
+far), so the benchmark can time-box a run on a slow machine and report the rate over the events done.
 
 Consumer tuning follows measurements.md (ready in ~3 s), except the session: Apache Kafka refuses a session
 timeout under its group.min.session.timeout.ms (6 s by default), so session 6 s,
@@ -56,13 +57,24 @@ class Progress:
         self.count = 0
         self.first: float | None = None
         self.first_cpu = 0.0
+        self.last_write = 0.0
         self.done = False
 
     def tick(self, k: int = 1) -> None:
+        now = time.monotonic()
         if self.first is None:
-            self.first = time.monotonic()
+            self.first = now
             self.first_cpu = time.process_time()
+            self.last_write = now
         self.count += k
+        if now - self.last_write >= 0.5 and not self.done:
+            # progress snapshot: lets the benchmark time-box a run on a slow (busy) machine
+            self.last_write = now
+            snap = {"count": self.count, "first": self.first, "last": now, "seconds": now - self.first,
+                    "cpu_seconds": time.process_time() - self.first_cpu}
+            tmp = self.out.with_suffix(".progress.tmp")
+            tmp.write_bytes(orjson.dumps(snap))
+            tmp.rename(self.out.with_suffix(".progress"))
         if not self.done and self.count >= self.n:
             self.done = True
             result: dict[str, Any] = {"count": self.count, "first": self.first, "last": time.monotonic(),
