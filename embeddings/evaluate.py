@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,13 +119,21 @@ def _recall(topk: np.ndarray, targets: list[np.ndarray]) -> np.ndarray:
 
 def recall_report(model: PinnerFormer, c: Corpus, eval_users: np.ndarray, cut_ms: int | None,
                   horizon_ms: int = 14 * DAY_MS,
-                  k: int = 10, popularity: np.ndarray | None = None, progress: bool = False) -> dict[str, Any]:
-    """Recall@k and P90 coverage@k of ``model`` (and of a popularity ranking, if counts are given)."""
+                  k: int = 10, popularity: np.ndarray | None = None, progress: bool = False,
+                  as_of: Callable[[int], int] | None = None) -> dict[str, Any]:
+    """Recall@k and P90 coverage@k of ``model`` (and of a popularity ranking, if counts are given).
+
+    ``as_of`` maps a user's cut to the time their embedding is taken (default: the cut itself), for the
+    daily-vs-realtime analysis: same users and positives, an older embedding. A user with no action by
+    then has no embedding (nothing a daily store could serve) and counts as recall 0.
+    """
     users, targets, cuts = eval_targets(c, eval_users, cut_ms, horizon_ms)
     if not users:
         raise ValueError("no evaluation user has history before the cut and a positive after it")
-    rows = [(u, c.end_at(u, cut)) for u, cut in zip(users, cuts, strict=True)]
+    rows = [(u, c.end_at(u, cut if as_of is None else as_of(cut))) for u, cut in zip(users, cuts, strict=True)]
+    empty = np.array([end == c.offsets[u] for u, end in rows], dtype=bool)
     emb = embed_users(model, c, rows)
+    emb[empty] = 0.0
     items = encode_all_items(model, c)
     tops = []
     for i in tqdm(range(0, len(users), 512), desc="recall", disable=not progress, leave=False):
@@ -132,7 +141,9 @@ def recall_report(model: PinnerFormer, c: Corpus, eval_users: np.ndarray, cut_ms
         tops.append(np.argpartition(-scores, k, axis=1)[:, :k] + 1)
     topk = np.concatenate(tops)
     recall = _recall(topk, targets)
+    recall[empty] = 0.0
     rep: dict[str, Any] = {"recall_at_k": float(recall.mean()), "k": k, "users": len(users),
+                           "users_without_embedding": int(empty.sum()),
                            "coverage_p90_at_k": coverage_at_k(topk, c.n_items - 1), "index_size": c.n_items - 1,
                            "cut_ms": cut_ms, "horizon_days": horizon_ms / DAY_MS}
     if popularity is not None:
