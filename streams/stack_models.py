@@ -43,7 +43,7 @@ import torch
 from streams.errors import ActionstreamError
 from transact.data import PointInTimeData
 
-__all__ = ["DailyJoined", "ModelFiles", "WorldSpec", "bootstrap_models", "daily_features"]
+__all__ = ["DailyJoined", "ModelFiles", "WorldSpec", "bootstrap_models", "daily_features", "transact_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,10 @@ class _Steps:
     """One log line per bootstrap step, with its duration."""
 
     def __init__(self, total: int) -> None:
-        self.total, self.n, self.seconds = total, 0, {}  # type: ignore[var-annotated]
-        self.t0 = time.perf_counter()
+        self.total, self.n = total, 0
+        self.seconds: dict[str, float] = {}
+        self.what, self.t0 = "", time.perf_counter()
+        self.t = self.t0
 
     def start(self, what: str) -> None:
         self.n += 1
@@ -218,7 +220,8 @@ def _train_pinnerformer(files: ModelFiles, w: WorldSpec, progress: bool) -> tupl
     return model, corpus, {k: metrics[k] for k in ("recall_at_k", "popularity_recall_at_k", "users") if k in metrics}
 
 
-def _transact_settings(files: ModelFiles, w: WorldSpec) -> Any:
+def transact_settings(files: ModelFiles, w: WorldSpec) -> Any:
+    """The :class:`transact.settings.TrainSettings` of both bootstrap TransAct trainings (preset ``tiny``)."""
     from transact.settings import TrainSettings
 
     return TrainSettings.load(events=files.history, items=files.items, out=files.ranking.parent, config="tiny",
@@ -277,7 +280,7 @@ def bootstrap_models(root: Path, world: WorldSpec = WorldSpec(), *, force: bool 
         from transact.train import PRESETS, load_data
 
         steps.start("point-in-time examples + yesterday's PinnerFormer vector per request")
-        ts = _transact_settings(files, world)
+        ts = transact_settings(files, world)
         data = load_data(ts, seq_len=PRESETS[ts.config]["transact"]["seq_len"], hash_buckets=ts.hash_buckets,
                          progress=False)
         joined = daily_features(data, pf, corpus)

@@ -104,7 +104,8 @@ def test_up_starts_everything_and_stops_without_strays(tmp_path: Path) -> None:
     kafka_port, ctrl_port, worker_port, prom_port = (free_port() for _ in range(4))
     cmd = [sys.executable, "-m", "streams.cli", "up", "--state-dir", str(state), "--kafka-port", str(kafka_port),
            "--controller-port", str(ctrl_port), "--worker-port", str(worker_port),
-           "--prometheus-port", str(prom_port), "--partitions", "2", "--logs", "files"]
+           "--prometheus-port", str(prom_port), "--partitions", "2", "--logs", "files",
+           "--no-models"]  # model bootstrap: tests/deploy/test_stack_models.py
     up = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)
     lines: list[str] = []
@@ -124,6 +125,8 @@ def test_up_starts_everything_and_stops_without_strays(tmp_path: Path) -> None:
         assert f"Kafka 127.0.0.1:{kafka_port}" in status
         assert f"worker-0 http://127.0.0.1:{worker_port}" in status
         assert f"Prometheus http://127.0.0.1:{prom_port}" in status
+        assert "models none loaded (score answers 503)" in status
+        assert not (state / "models").exists()
         with urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/readyz", timeout=5) as r:
             assert r.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/-/ready", timeout=5) as r:
