@@ -500,9 +500,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prometheus-port", type=int, help="Prometheus UI/API port (env ACTIONSTREAM_STACK_PROMETHEUS_PORT; 9090)")
     p.add_argument("--partitions", type=int, help="partitions of the user-keyed topics (env ACTIONSTREAM_PARTITIONS; 8)")
     p.add_argument("--no-models", action="store_true",
-                   help="do not train/load the bootstrap models (workers run without TransAct: score answers 503)")
+                   help="do not train the bootstrap models (env ACTIONSTREAM_STACK_MODELS=false): without "
+                        "ACTIONSTREAM_TRANSACT_CHECKPOINT/_REALTIME_CHECKPOINT the workers run without TransAct "
+                        "(realtime [], score 503)")
     p.add_argument("--retrain-models", action="store_true",
-                   help="train the bootstrap models again even if <state-dir>/models/ has them")
+                   help="train the bootstrap models again (~1 min) even if <state-dir>/models/ has them "
+                        "(env ACTIONSTREAM_STACK_RETRAIN_MODELS=true)")
     p.add_argument("--logs", choices=("prefix", "files"), help="prefix: children's logs on stdout, prefixed by "
                                                                "name (and in files); files: only in files")
 

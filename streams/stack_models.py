@@ -11,8 +11,8 @@ writes under ``<stack dir>/models/``:
    loss), reused by ``actionstream demo`` for its daily job;
 3. ``transact/model.pt``: the early-fusion TransAct ranking model, heads click/save/hide, trained with
    :func:`transact.train.train_model` on point-in-time examples of the history JOINED with the user's
-   PinnerFormer vector of the day before the request (:func:`daily_features`: what yesterday's daily job
-   would have published), so ``daily_dim`` = the PinnerFormer size and the score route uses both vectors
+   PinnerFormer vector of the day before the request (:func:`daily_features`, the join of ``experiment
+   hybrid``: what yesterday's daily job would have published), so ``daily_dim`` = the PinnerFormer size and the score route uses both vectors
    (the hybrid, PinnerFormer paper sec. 5);
 4. ``realtime/model.pt``: a candidate-free TransAct (``RankingConfig(realtime_input=True)``), the worker's
    realtime user vectors;
@@ -33,17 +33,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from streams.errors import ActionstreamError
 from transact.data import PointInTimeData
 
-__all__ = ["DailyJoined", "ModelFiles", "WorldSpec", "bootstrap_models", "daily_features", "transact_settings"]
+__all__ = ["ModelFiles", "WorldSpec", "bootstrap_models", "daily_features", "transact_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -105,63 +104,23 @@ class ModelFiles:
         return data
 
 
-@dataclass
-class DailyJoined(PointInTimeData):
-    """:class:`PointInTimeData` whose batches also carry each request's daily vector.
-
-    Attributes (beyond the base class): daily (R, D) float32; daily_mask (R,) bool (False = no vector).
-    """
-
-    daily: np.ndarray | None = None
-    daily_mask: np.ndarray | None = None
-
-    def batch(self, idx: np.ndarray, seq_len: int | None = None) -> dict[str, torch.Tensor]:
-        """The base batch + ``daily`` (B, D) float32 and ``daily_mask`` (B,) bool."""
-        assert self.daily is not None and self.daily_mask is not None
-        b = super().batch(idx, seq_len)
-        r = self.ex_request[idx]
-        b["daily"] = torch.from_numpy(self.daily[r])
-        b["daily_mask"] = torch.from_numpy(self.daily_mask[r])
-        return b
-
-
-def daily_features(data: PointInTimeData, model: Any, corpus: Any, batch_size: int = 256) -> DailyJoined:
-    """Join each request of ``data`` with the PinnerFormer vector of its user as of the request's UTC day start.
+def daily_features(data: PointInTimeData, model: Any, corpus: Any, batch_size: int = 256) -> Any:
+    """``data`` joined with each request's served daily vector: the user's PinnerFormer embedding of the actions
+    before the request's UTC day (:func:`embeddings.hybrid_experiment.daily_vectors`, the experiment's join).
 
     Args:
         data: point-in-time examples (R requests).
         model: an :class:`embeddings.pinnerformer.PinnerFormer` in eval mode (emb_dim D).
         corpus: the :class:`embeddings.data.Corpus` of the same events (built like the daily job builds it).
     Returns:
-        :class:`DailyJoined` with daily (R, D) float32 and daily_mask (R,) bool.
+        :class:`embeddings.hybrid_experiment.DailyPointInTimeData`: daily (R, D) float32, daily_mask (R,) bool.
     """
-    from embeddings.evaluate import embed_users
+    from embeddings.hybrid_experiment import DailyPointInTimeData, daily_vectors
 
-    day_start = (data.request_ts // DAY_MS) * DAY_MS                                      # (R,)
-    rows: dict[tuple[int, int], int] = {}
-    request_row = np.full(len(data.request_ts), -1, dtype=np.int64)
-    pairs: list[tuple[int, int]] = []
-    for r, (u, start) in enumerate(zip(data.request_user.tolist(), day_start.tolist(), strict=True)):
-        cu = corpus.user_index.get(data.users[u])
-        if cu is None:
-            continue
-        lo, hi = int(corpus.offsets[cu]), int(corpus.offsets[cu + 1])
-        end = lo + int(np.searchsorted(corpus.ts[lo:hi], start, side="left"))           # actions before the day
-        if end == lo:
-            continue
-        key = (cu, end)
-        if key not in rows:
-            rows[key] = len(pairs)
-            pairs.append(key)
-        request_row[r] = rows[key]
-    vectors = embed_users(model, corpus, pairs, batch_size) if pairs else np.zeros((0, model.cfg.emb_dim), np.float32)
-    daily = np.zeros((len(data.request_ts), model.cfg.emb_dim), dtype=np.float32)
-    mask = request_row >= 0
-    daily[mask] = vectors[request_row[mask]]
-    log.info("daily vectors: %d of %d requests have one (%d distinct user-days)", int(mask.sum()), len(mask),
-             len(pairs))
-    base = {f.name: getattr(data, f.name) for f in fields(PointInTimeData)}
-    return DailyJoined(**base, daily=daily, daily_mask=mask)
+    daily, mask, counts = daily_vectors(model, corpus, data.users, data.request_user, data.request_ts, batch_size)
+    log.info("daily vectors: %d of %d requests have one (%d distinct user-days)", counts["with_daily"],
+             counts["requests"], counts["embedded"])
+    return DailyPointInTimeData.attach(data, daily, mask)
 
 
 class _Steps:
@@ -285,7 +244,7 @@ def bootstrap_models(root: Path, world: WorldSpec = WorldSpec(), *, force: bool 
                          progress=False)
         joined = daily_features(data, pf, corpus)
         steps.done(f"{len(data)} examples in {len(data.request_ts)} requests, "
-                   f"{int(joined.daily_mask.sum()) if joined.daily_mask is not None else 0} with a daily vector")
+                   f"{int(joined.daily_mask.sum())} with a daily vector")
 
         steps.start("training the early-fusion TransAct ranking model (hybrid: + daily vector)")
         ranking = _train_transact(ts, joined, files.ranking, daily_dim=pf.cfg.emb_dim, realtime=False,
