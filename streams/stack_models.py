@@ -12,8 +12,8 @@ writes under ``<stack dir>/models/``:
 3. ``transact/model.pt``: the early-fusion TransAct ranking model, heads click/save/hide, trained with
    :func:`transact.train.train_model` on point-in-time examples of the history JOINED with the user's
    PinnerFormer vector of the day before the request (:func:`daily_features`, the join of ``experiment
-   hybrid``: what yesterday's daily job would have published), so ``daily_dim`` = the PinnerFormer size and the score route uses both vectors
-   (the hybrid, PinnerFormer paper sec. 5);
+   hybrid``: what yesterday's daily job would have published), so ``daily_dim`` = the PinnerFormer size
+   and the score route uses both vectors (the hybrid, PinnerFormer paper sec. 5);
 4. ``realtime/model.pt``: a candidate-free TransAct (``RankingConfig(realtime_input=True)``), the worker's
    realtime user vectors;
 5. ``models.json``: what was trained, on what, the held-out metrics and seconds per step.
