@@ -81,7 +81,7 @@ def _assert_full_state(w: WorkerProc, bootstrap: str, events: list[Event]) -> No
 def test_kill9_restart_with_kept_and_with_deleted_state(kafka, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     topic, dlq, group = _names("crash")
     create_topics(kafka.bootstrap, [topic, dlq], PARTITIONS)
-    events = make_events(12_000, 800, seed=21, prefix="c-")
+    events = make_events(8_000, 800, seed=21, prefix="c-")
     data = tmp_path / "w1"
     w = WorkerProc(kafka.bootstrap, data, topic=topic, dlq=dlq, worker_id=group, partitions=PARTITIONS).start()
     w.wait_ready(90)
@@ -96,7 +96,7 @@ def test_kill9_restart_with_kept_and_with_deleted_state(kafka, tmp_path: Path) -
     _assert_full_state(w, kafka.bootstrap, events)
 
     # crash again, lose the local state entirely: recovery rebuilds RocksDB from the changelog
-    more = make_events(2000, 800, seed=22, prefix="c-")
+    more = make_events(1500, 800, seed=22, prefix="c-")
     produce(kafka.bootstrap, topic, [encode_event(e) for e in more], keys=event_keys(more))
     w.kill()
     shutil.rmtree(data)
@@ -112,7 +112,7 @@ def test_kill9_restart_with_kept_and_with_deleted_state(kafka, tmp_path: Path) -
 def test_one_to_two_to_one_workers(kafka, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     topic, dlq, group = _names("scale")
     create_topics(kafka.bootstrap, [topic, dlq], PARTITIONS)
-    batches = [make_events(3000, 500, seed=30 + i, prefix="s-") for i in range(3)]
+    batches = [make_events(2000, 500, seed=30 + i, prefix="s-") for i in range(3)]
     w1 = WorkerProc(kafka.bootstrap, tmp_path / "w1", topic=topic, dlq=dlq, worker_id=group,
                     partitions=PARTITIONS).start()
     w2 = WorkerProc(kafka.bootstrap, tmp_path / "w2", topic=topic, dlq=dlq, worker_id=group,
