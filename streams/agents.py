@@ -145,14 +145,14 @@ class EventHandler:
             return "rerouted"
         act = self.codec.to_act(event)
         new = self.store.apply(partition, user_key, act)
-        now = time.time()
+        stored_at = time.time()
         self._accepted.inc()
         if self.archive is not None:
             self.archive.append(encode_event(event), event.ts, partition)
         if new is None:
             self._duplicate.inc()
             return "duplicate"
-        self._freshness.observe(max(0.0, now - event.ts / 1000))
+        self._freshness.observe(max(0.0, stored_at - event.ts / 1000))
         if self.dirty is not None:
             self.dirty.setdefault(user_key, event.ts)
         if event.ts > self.last_ts:

@@ -93,7 +93,7 @@ class Platform:
 
     def is_ready(self) -> bool:
         """True once table recovery finished and no recovery is running (``/readyz``)."""
-        recovery = self.app.tables.recovery
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
         return bool(recovery.completed.is_set() and not recovery.in_recovery)
 
 
@@ -238,7 +238,7 @@ def _install_timers(platform: Platform) -> None:
         async def flush_archive() -> None:
             archive.flush()
 
-        @app.on_before_shutdown.connect
+        @app.on_before_shutdown.connect  # type: ignore[arg-type]
         async def _flush_on_stop(app_: Any, **kwargs: Any) -> None:
             n = archive.flush()
             log.info("archive flushed on stop (%d lines, %d total)", n, archive.lines_written)
@@ -247,7 +247,7 @@ def _install_timers(platform: Platform) -> None:
     async def refresh_gauges() -> None:
         ready = platform.is_ready()
         m.recovery_ready.set(1 if ready else 0)
-        m.recovery_remaining_records.set(app.tables.recovery.active_remaining_total())
+        m.recovery_remaining_records.set(app.tables.recovery.active_remaining_total())  # type: ignore[attr-defined]
         m.table_keys.labels(table="sequences").set(platform.sequences.count_keys())
         consumer = app.consumer
         m.consumer_lag_messages.clear()

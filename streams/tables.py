@@ -45,7 +45,7 @@ def owner_partition(user_id_bytes: bytes, partitions: int) -> int:
     return (murmur2(user_id_bytes) & 0x7FFFFFFF) % partitions
 
 
-def create_sequences_table(app: faust.App, settings: WorkerSettings) -> faust.Table:
+def create_sequences_table(app: faust.App, settings: WorkerSettings) -> Any:
     """The changelog-backed RocksDB table of packed sequences (raw bytes keys and values)."""
     return app.Table("sequences", default=None, partitions=settings.partitions,
                      key_type=bytes, value_type=bytes,  # raw bytes: the app's serializers are "raw"
@@ -81,7 +81,8 @@ class SequenceStore:
 
     def _db(self, partition: int) -> Any:
         # faust.stores.rocksdb.Store keeps one rocksdict.Rdict per partition; open on first use.
-        return self.table.data._db_for_partition(partition)
+        store: Any = self.table.data
+        return store._db_for_partition(partition)
 
     @property
     def is_rocksdb(self) -> bool:
@@ -141,7 +142,8 @@ class SequenceStore:
                 pending = self.outbox.pending_value(partition, key)
                 if pending is not None:
                     return pending
-            db = self.table.data._dbs.get(partition)
+            store: Any = self.table.data
+            db = store._dbs.get(partition)
             return None if db is None else db.get(key)
         value = self.table.data.get(key)
         return value if value is None or isinstance(value, bytes) else bytes(value)
@@ -150,7 +152,8 @@ class SequenceStore:
         """Keys stored on this worker (RocksDB estimate; exact for the memory store)."""
         if self.is_rocksdb:
             total = 0
-            for db in list(self.table.data._dbs.values()):
+            store: Any = self.table.data
+            for db in list(store._dbs.values()):
                 try:
                     total += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
                 except Exception:  # noqa: BLE001 - a partition closing during a rebalance
