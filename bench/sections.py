@@ -223,13 +223,20 @@ def freshness(ctx: Ctx, sec: Section) -> None:
     try:
         wait_ready(procs)
         port = procs[0][1]
-        paced_produce(ctx.env.bootstrap, topic, rate=50, seconds=1.0, seed=99)  # warm-up: group, caches
-        time.sleep(1.0)
+        warm = paced_produce(ctx.env.bootstrap, topic, rate=50, seconds=1.0, seed=99)  # warm-up: group, caches
+        total = len(warm.sent)
+        _wait_handled(port, total, 60)
         for frac in ((0.5,) if ctx.quick else (0.25, 0.5, 0.9)):
             before = scrape(port)
             run = paced_produce(ctx.env.bootstrap, topic, rate=frac * max_rate, seconds=seconds, seed=int(frac * 100))
-            time.sleep(2.0)
+            total += len(run.sent)
+            # a worker that fell behind must finish this phase before it is measured (and before the next one)
+            backlog_s = _wait_handled(port, total, 120)
+            time.sleep(1.5)  # the outbox flushes changelog records at the next commit (1 s)
             after = scrape(port)
+            if backlog_s > 1.0:
+                sec.notes.append(f"at {frac:.0%}: the worker needed {backlog_s:.1f} s after the phase to drain its "
+                                 "backlog: this rate is above what it sustains here")
             lat = changelog_freshness(ctx.env.bootstrap, f"{worker_id}-sequences-changelog", run.sent)
             hq = histogram_quantiles(before, after, "actionstream_freshness_seconds", (0.5, 0.99), stage="sequence")
             rows.append((frac, lat, hq))
@@ -256,6 +263,17 @@ def freshness(ctx: Ctx, sec: Section) -> None:
                      "around the target, like PromQL histogram_quantile); 'in the changelog' = timestamp of the first "
                      "changelog record holding the event − its ts, measured outside the worker (durable)")
     _plot_freshness(ctx, sec, rows)
+
+
+def _wait_handled(port: int, n: int, timeout: float) -> float:
+    """Wait until the worker is done with ``n`` input events; returns the seconds it took."""
+    from bench.live import scrape
+    t0 = time.monotonic()
+    while _handled(scrape(port)) < n:
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"the worker did not process {n} events within {timeout:.0f}s of the phase end")
+        time.sleep(0.1)
+    return time.monotonic() - t0
 
 
 def _plot_freshness(ctx: Ctx, sec: Section, rows: list[tuple[float, np.ndarray, list[float | None]]]) -> None:
