@@ -77,6 +77,9 @@ def selected(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # before torch loads (scoring section): idle OpenMP threads must not spin on the 2 shared cores
+    # (measured by bench.transact_inference); an explicit setting in the environment wins
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     for noisy in ("kafka", "aiokafka", "matplotlib"):
