@@ -3,6 +3,8 @@
 # tables/plots under runs/ (not committed). Sizes below keep each target around 10 min on 2 idle CPU cores:
 # synthetic 1,500 users x 14 days (400k events, 16-d items), PinnerFormer width 64, M 64, 300 steps;
 # TransAct "small" at S = 50, 16k train examples x 2 epochs, ~6k eval examples; four ranker variants.
+# Measured: synthetic 6.4 min on a lightly loaded box (9.3 min at load 7-12); MovieLens 14 min while two other
+# runs shared the cores. Extra knobs go in HYBRID_PF_ENV, e.g. ACTIONSTREAM_HIDE_WEIGHT=1 (see the D2 report).
 HYBRID_DIR ?= .actionstream/hybrid
 HYBRID_SYN_USERS ?= 1500
 HYBRID_SYN_ITEMS ?= 5000
