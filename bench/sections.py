@@ -289,9 +289,9 @@ def _plot_freshness(ctx: Ctx, sec: Section, rows: list[tuple[float, np.ndarray, 
         ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=f"{frac:.0%} of max rate")
     ax.axvline(FRESHNESS_P99_MS, color="grey", ls="--", lw=1, label=f"p99 target {FRESHNESS_P99_MS:.0f} ms")
     ax.set_xscale("log")
-    ax.set_xlabel("event time → sequence stored (ms)")
+    ax.set_xlabel("event time → first changelog record holding it (durable), ms")
     ax.set_ylabel("fraction of events")
-    ax.set_title("Freshness (one worker)")
+    ax.set_title("Freshness, measured outside the worker (one worker)")
     ax.grid(alpha=0.3)
     ax.legend()
     path = ctx.out_dir / "freshness.png"
