@@ -257,7 +257,10 @@ class WorkerProc:
 
     def start(self) -> WorkerProc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "ACTIONSTREAM_SESSION_TIMEOUT_S": "6", "PYTHONUNBUFFERED": "1", **self.extra_env}
+        # Each worker gets its own embeddings topic: tests share one broker, and a topic created by
+        # another test with another partition count would (rightly) stop this worker at start-up.
+        env = {**os.environ, "ACTIONSTREAM_SESSION_TIMEOUT_S": "6", "PYTHONUNBUFFERED": "1",
+               "ACTIONSTREAM_TOPIC_EMBEDDINGS": f"{self.topic}-embeddings", **self.extra_env}
         cmd = [sys.executable, "-m", "streams.cli", "worker", "--log-level", "INFO",
                "--bootstrap", self.bootstrap, "--port", str(self.port), "--data-dir", str(self.data_dir),
                "--worker-id", self.worker_id, "--partitions", str(self.partitions),
