@@ -38,7 +38,9 @@ Where we differ, and why:
   first cross layer is a learned linear map of the same vector.
 * The ranker is a reduced Pinnability: no other user/context features, no wide part, no user weights
   (w_u = 1); head weights ``w_h = max(1, sum_a M[h,a] y_a)`` so an example with no engagement keeps
-  weight 1 (the paper's formula gives it weight 0 if the matrix has no base term).
+  weight 1 (the paper's formula gives it weight 0 if the matrix has no base term). The training default
+  hide weight is 1, not the paper's 100 (``TrainSettings.hide_weight``, why in :mod:`transact.train`);
+  :func:`default_label_weights` keeps 100 as its own default so the paper's matrix stays one call away.
 """
 
 from __future__ import annotations

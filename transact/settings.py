@@ -68,10 +68,12 @@ class TrainSettings(DataSettings):
     sequence_encoder: Literal["transact", "average", "none"] = "transact"
     seq_len: int | None = Field(None, ge=1, le=10_000, description="model sequence length; default from --config")
     epochs: int = Field(3, ge=1, le=1000)
-    lr: float = Field(2e-3, gt=0, le=1.0)
+    lr: float = Field(1e-2, gt=0, le=1.0, description="peak AdamW learning rate (see transact.train)")
     weight_decay: float = Field(0.0, ge=0)
     warmup_fraction: float = Field(0.05, ge=0, lt=1, description="linear LR warm-up, then cosine (paper)")
-    hide_weight: float = Field(100.0, ge=0, description="label-weight matrix: a hide up-weights other heads")
+    hide_weight: float = Field(1.0, ge=0, description="label-weight matrix M[h][hide]: a hidden item's click/save "
+                               "negatives count this much (paper: 100, for Pinterest's labels; 1 here, see "
+                               "transact.train)")
     hash_buckets: int = Field(100_003, ge=2)
     max_train_examples: int | None = Field(None, ge=1, description="subsample train examples (quick runs)")
     max_eval_examples: int | None = Field(None, ge=1, description="subsample eval requests to about this many examples")
