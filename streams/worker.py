@@ -97,8 +97,10 @@ def run(args: argparse.Namespace) -> int:
              settings.archive_dir.resolve() if settings.archive_dir else "off")
     log.info("HTTP API and /metrics on http://%s:%d (ready at /readyz once recovery finished)",
              settings.web_host, settings.web_port)
+    # blocking_timeout: Faust's detector (SIGALRM) logs "Blocking detected" with the stack whenever the
+    # event loop is held longer than this; the app setting alone does not arm it, the Worker must.
     worker = faust.Worker(platform.app, loglevel=args.log_level, quiet=True, redirect_stdouts=False,
-                          override_logging=False)
+                          override_logging=False, blocking_timeout=settings.blocking_timeout_s)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
