@@ -58,13 +58,13 @@ def _t(**kw: Any) -> Callable[[RankingConfig], RankingConfig]:
     return lambda c: replace(c, sequence_encoder="transact", transact=replace(c.transact, **kw))
 
 
-# key -> (table name, how the base changes). Base: TransAct, early fusion, first-K + max-pool, window mask,
-# S = the preset's sequence length.
+# key -> (table name, how the base changes). Base: TransAct, early fusion, first-K + max-pool, the settings'
+# time-window mask (off by default, see transact.train), S = the preset's sequence length.
 VARIANTS: dict[str, tuple[str, Callable[[RankingConfig], RankingConfig]]] = {
     "none": ("no sequence", lambda c: replace(c, sequence_encoder="none")),
     "average": ("average pooling", lambda c: replace(c, sequence_encoder="average")),
     "transact": ("TransAct", _t()),
-    "no-window": ("TransAct, no time-window mask", _t(time_window_mask=False)),
+    "window": ("TransAct, 24 h time-window mask (paper)", _t(time_window_mask=True, time_window_ms=86_400_000)),
     "no-fusion": ("TransAct, no early fusion", _t(early_fusion=False)),
     "first-k": ("TransAct, first-K only", _t(use_max_pool=False)),
     "max-pool": ("TransAct, max-pool only", _t(use_first_k=False)),

@@ -74,6 +74,8 @@ class TrainSettings(DataSettings):
     hide_weight: float = Field(1.0, ge=0, description="label-weight matrix M[h][hide]: a hidden item's click/save "
                                "negatives count this much (paper: 100, for Pinterest's labels; 1 here, see "
                                "transact.train)")
+    time_window_ms: int = Field(0, ge=0, description="random time-window mask T ~ U[0, this] in training; 0 = off "
+                                "(paper: 24 h = 86400000, for Pinterest's long sequences; why off: transact.train)")
     hash_buckets: int = Field(100_003, ge=2)
     max_train_examples: int | None = Field(None, ge=1, description="subsample train examples (quick runs)")
     max_eval_examples: int | None = Field(None, ge=1, description="subsample eval requests to about this many examples")
