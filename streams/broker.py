@@ -133,7 +133,7 @@ class EmbeddedKafka:
         config = self._write_config()
         if not (self.data_dir / "log" / "meta.properties").exists():
             cluster_id = self._cluster_id()
-            fmt = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            fmt = subprocess.run(self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config)),
                                  capture_output=True, text=True, timeout=120)
             if fmt.returncode != 0:
                 raise BrokerError(f"formatting {self.data_dir} failed:\n{fmt.stdout}\n{fmt.stderr}")
@@ -147,9 +147,14 @@ class EmbeddedKafka:
         return self
 
     def _cluster_id(self) -> str:
-        # StorageTool random-uuid is a base64url uuid; build the same without a JVM start.
+        # StorageTool random-uuid is a base64url uuid; build the same without a JVM start. Like Kafka's
+        # Uuid.randomUuid, never one starting with "-": the tool's argument parser would take it for an
+        # option ("argument --cluster-id/-t: expected one argument"), failing 1 start in 64.
         import base64
-        return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        while True:
+            cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            if not cid.startswith("-"):
+                return cid
 
     def _wait_ready(self, timeout: float) -> None:
         from kafka import KafkaAdminClient  # kafka-python

@@ -73,3 +73,15 @@ def test_broker_cli_answers_stops_on_sigterm_and_restart_keeps_data(tmp_path: Pa
         with pytest.raises(BrokerError, match="already in use"):  # a second broker on the same ports
             EmbeddedKafka(broker.settings).start()
     assert broker.proc is None
+
+
+def test_cluster_id_never_looks_like_an_option(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A base64url id starting with '-' made StorageTool's parser fail 1 broker start in 64 (seen in CI)."""
+    from streams.broker import EmbeddedKafka, free_port
+    from streams.settings import BrokerSettings
+
+    broker = EmbeddedKafka(BrokerSettings(broker_data_dir=tmp_path, broker_port=free_port(),
+                                          broker_controller_port=free_port()))
+    ids = [broker._cluster_id() for _ in range(5000)]
+    assert not any(i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids) and all(len(i) == 22 for i in ids)
