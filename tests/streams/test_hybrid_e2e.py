@@ -154,7 +154,7 @@ def test_hybrid_features_end_to_end(kafka: Any, unique_topic: Callable[[str], st
             got = realtime_of()
             return len(got) == len(vector) and np.allclose(got, vector, rtol=1e-4, atol=1e-5)
 
-        wait_until(lambda: serves(expected), 30, "u0's realtime vector of its final sequence")
+        wait_until(lambda: serves(expected), 90, "u0's realtime vector of its final sequence")
         feats = get_json(url + "/features")
         assert feats["sequence_length"] == len(seq) and feats["model_version"] == "rt-e2e"
         assert feats["daily"] is None and feats["daily_date"] is None
