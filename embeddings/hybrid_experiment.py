@@ -242,11 +242,7 @@ def run_experiment(s: HybridSettings, *, progress: bool = True) -> dict[str, Any
                            weight_decay=s.weight_decay, warmup_fraction=s.warmup_fraction, seed=s.seed,
                            device=device, negative_heads=tuple(s.negative_heads), progress=progress, desc=key,
                            eval_each_epoch=False)
-        m = res.history["final"]
-        m["train_seconds"] = time.perf_counter() - t1
-        m["train_loss_last_epoch"] = res.history["epochs"][-1]["train_loss"]
-        m["eval_loss"] = res.history["epochs"][-1]["eval_loss"]
-        m["parameters"] = sum(p.numel() for p in res.model.parameters())
+        m = res.summary(time.perf_counter() - t1)
         results[name] = m
         log.info("%s: HIT@3 %s (%.0f s)", name, {h: round(v["hit@3"], 4) for h, v in m["heads"].items()},
                  m["train_seconds"])

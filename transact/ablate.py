@@ -102,11 +102,7 @@ def run_ablation(s: AblateSettings, *, progress: bool = True) -> dict[str, Any]:
                           weight_decay=s.weight_decay, warmup_fraction=s.warmup_fraction, seed=s.seed,
                           device=device, negative_heads=tuple(s.negative_heads), progress=progress, desc=name,
                           eval_each_epoch=False)
-        m = res.history["final"]
-        m["train_seconds"] = time.perf_counter() - t0
-        m["train_loss_last_epoch"] = res.history["epochs"][-1]["train_loss"]
-        m["eval_loss"] = res.history["epochs"][-1]["eval_loss"]
-        m["parameters"] = sum(p.numel() for p in res.model.parameters())
+        m = res.summary(time.perf_counter() - t0)
         results[name] = m
         log.info("%s done in %.0f s", name, m["train_seconds"])
     return {"variants": results, "data": data.stats, "train_examples": int(len(train_idx)),

@@ -126,6 +126,15 @@ class TrainResult:
         self.model = model
         self.history = history
 
+    def summary(self, train_seconds: float) -> dict[str, Any]:
+        """The final eval metrics plus last-epoch losses, size and training time (one row of a comparison)."""
+        m = self.history["final"]
+        m["train_seconds"] = train_seconds
+        m["train_loss_last_epoch"] = self.history["epochs"][-1]["train_loss"]
+        m["eval_loss"] = self.history["epochs"][-1]["eval_loss"]
+        m["parameters"] = sum(p.numel() for p in self.model.parameters())
+        return m
+
 
 def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
     """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
