@@ -1,9 +1,10 @@
 # TransAct targets (helper C2's area): data sets, training, evaluation, ablations.
 # Outputs go under $(TRANSACT_DIR) (data) and runs/ (models, tables, plots); none of it is committed.
-# TRANSACT_* size the runs. ABLATE_ARGS: the whole train split (~200k examples), 2 epochs of batch 512: with
-# 24k examples TransAct did not learn the candidate x sequence interaction (below random HIT@3), with 1 epoch
-# it reached click HIT@3 0.47, with 2 epochs 0.61 (random 0.41; transact/train.py). Measured on 1 thread of
-# a busy box: ~2 min per baseline, ~12 min per TransAct variant (all 9: ~1.5 h; pick a subset with
+# TRANSACT_* size the runs. ABLATE_ARGS: the whole train split (~200k examples), 2 epochs of batch 512, scored
+# on the whole eval split (~50k examples, ~2,900 requests): with 24k examples TransAct did not learn the
+# candidate x sequence interaction (below random HIT@3), with 1 epoch it reached click HIT@3 0.47, with 2
+# epochs 0.61 (random 0.41; transact/train.py). Variants run in 2 processes of 1 thread (--jobs 2); measured
+# ~2 min per baseline, ~12 min per TransAct variant on 1 thread (pick a subset with
 # ABLATE_ARGS="... --variants none,average,transact,window").
 TRANSACT_DIR ?= .actionstream/transact
 TRANSACT_SYN_USERS ?= 1500
@@ -12,7 +13,7 @@ TRANSACT_SYN_EVENTS ?= 300000
 TRANSACT_SYN_DAYS ?= 4
 TRANSACT_SEED ?= 0
 TRANSACT_EPOCHS ?= 3
-ABLATE_ARGS ?= --config small --epochs 2 --batch-size 512 --max-train-examples 200000 --max-eval-examples 6000
+ABLATE_ARGS ?= --config small --epochs 2 --batch-size 512 --max-train-examples 200000 --jobs 2 --threads 1
 RECBOLE_SPEC := recbole==1.2.1
 
 .PHONY: data-synthetic data-movielens train-transact eval-transact ablate-synthetic ablate-movielens test-transact

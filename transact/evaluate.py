@@ -36,7 +36,7 @@ import torch
 
 from transact.data import PointInTimeData
 
-__all__ = ["auc", "evaluate", "hit_at_k", "markdown_table", "score"]
+__all__ = ["auc", "evaluate", "hit_at_k", "hits_per_request", "markdown_table", "score", "standard_error"]
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,25 @@ def hit_at_k(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, k: i
     Returns:
         (hit@k, expected hit@k of a random order, number of requests counted).
     """
+    hits, rand = hits_per_request(scores, labels, groups, k=k, descending=descending, seed=seed)
+    if len(hits) == 0:
+        return float("nan"), float("nan"), 0
+    return float(hits.mean()), float(rand.mean()), len(hits)
+
+
+def hits_per_request(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, k: int = 3,
+                     descending: bool = True, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per counted request (more than k candidates): positives in the top k, and a random order's expectation.
+
+    Args:
+        scores (N,) float, labels (N,) 0/1, groups (N,) int request id.
+    Returns:
+        (hits (R,), random (R,)) over the R counted requests, ordered by request id; their means are HIT@k
+        and its random baseline, ``hits.std(ddof=1) / sqrt(R)`` its standard error.
+    """
     n = len(scores)
     if n == 0:
-        return float("nan"), float("nan"), 0
+        return np.zeros(0), np.zeros(0)
     rng = np.random.default_rng(seed)
     shuffle = rng.permutation(n)
     key = -scores if descending else scores
@@ -65,14 +81,15 @@ def hit_at_k(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, k: i
     sizes = np.diff(np.r_[starts, n])
     rank = np.arange(n) - np.repeat(starts, sizes)
     counted = sizes > k
-    if not counted.any():
-        return float("nan"), float("nan"), 0
     y = labels[order].astype(np.float64)
     hits = np.add.reduceat(y * (rank < k), starts)
     positives = np.add.reduceat(y, starts)
-    hit = float(hits[counted].mean())
-    rand = float((k / sizes[counted] * positives[counted]).mean())
-    return hit, rand, int(counted.sum())
+    return hits[counted], (k / sizes[counted] * positives[counted])
+
+
+def standard_error(x: np.ndarray) -> float:
+    """Standard error of the mean of ``x`` (NaN below two values)."""
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -116,12 +133,15 @@ def evaluate(model: torch.nn.Module, data: PointInTimeData, idx: np.ndarray, *, 
     groups = data.ex_request[idx].astype(np.int64)
     result: dict[str, Any] = {"examples": int(len(idx)), "requests": int(len(np.unique(groups))), "k": k, "heads": {}}
     for j, h in enumerate(data.heads):
-        hit, rand, n_req = hit_at_k(probs[:, j], labels[:, j], groups, k=k, descending=h not in negative_heads,
-                                    seed=seed)
+        hits, rands = hits_per_request(probs[:, j], labels[:, j], groups, k=k, descending=h not in negative_heads,
+                                       seed=seed)
+        hit = float(hits.mean()) if len(hits) else float("nan")
+        rand = float(rands.mean()) if len(rands) else float("nan")
         p = np.clip(probs[:, j].astype(np.float64), 1e-7, 1 - 1e-7)
         y = labels[:, j]
         result["heads"][h] = {
-            f"hit@{k}": hit, f"random_hit@{k}": rand, "requests_ranked": n_req, "auc": auc(probs[:, j], y),
+            f"hit@{k}": hit, f"hit@{k}_se": standard_error(hits), f"random_hit@{k}": rand,
+            "requests_ranked": len(hits), "auc": auc(probs[:, j], y),
             "logloss": float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if len(y) else float("nan"),
             "positive_rate": float(y.mean()) if len(y) else float("nan"),
             "better": "lower" if h in negative_heads else "higher"}
@@ -129,7 +149,13 @@ def evaluate(model: torch.nn.Module, data: PointInTimeData, idx: np.ndarray, *, 
 
 
 def markdown_table(rows: dict[str, dict[str, Any]], heads: Sequence[str], k: int = 3) -> str:
-    """One row per model: HIT@k and AUC per head (arrows say which direction is better)."""
+    """One row per model: HIT@k (± its standard error over requests, when known) and AUC per head (arrows say
+    which direction is better)."""
+    def hit(r: dict[str, Any], h: str) -> str:
+        m = r["heads"][h]
+        se = m.get(f"hit@{k}_se")
+        return f"{m[f'hit@{k}']:.4f}" + (f" ± {se:.4f}" if se is not None and np.isfinite(se) else "")
+
     def arrow(r: dict[str, Any], h: str) -> str:
         return "↓" if r["heads"][h]["better"] == "lower" else "↑"
 
@@ -137,7 +163,7 @@ def markdown_table(rows: dict[str, dict[str, Any]], heads: Sequence[str], k: int
     cols = [f"HIT@{k} {h} {arrow(first, h)}" for h in heads] + [f"AUC {h}" for h in heads]
     lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, r in rows.items():
-        vals = [f"{r['heads'][h][f'hit@{k}']:.4f}" for h in heads] + [f"{r['heads'][h]['auc']:.4f}" for h in heads]
+        vals = [hit(r, h) for h in heads] + [f"{r['heads'][h]['auc']:.4f}" for h in heads]
         lines.append(f"| {name} | " + " | ".join(vals) + " |")
     rnd = [f"{first['heads'][h][f'random_hit@{k}']:.4f}" for h in heads] + ["0.5"] * len(heads)
     lines.append("| (random order) | " + " | ".join(rnd) + " |")

@@ -68,3 +68,24 @@ def test_auc_with_one_class_is_nan_and_matches_pairwise_count() -> None:
     pos, neg = s[y == 1], s[y == 0]
     pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
     assert auc(s, y) == pytest.approx(pairwise)
+
+
+def test_hits_per_request_and_standard_error() -> None:
+    from transact.evaluate import hits_per_request, standard_error
+    scores = np.array([.9, .5, .4, .3, .1, .8, .7, .2, .1, .9, .8, .7])
+    labels = np.array([1, 0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1])
+    groups = np.array([0] * 5 + [1] * 4 + [2] * 3)
+    hits, rand = hits_per_request(scores, labels, groups, k=3)
+    assert hits.tolist() == [1.0, 2.0] and rand == pytest.approx([3 / 5 * 2, 3 / 4 * 2])
+    assert standard_error(hits) == pytest.approx(np.std([1.0, 2.0], ddof=1) / np.sqrt(2))
+    assert np.isnan(standard_error(hits[:1]))
+
+
+def test_markdown_table_shows_standard_error_when_known() -> None:
+    from transact.evaluate import markdown_table
+    row = {"heads": {"click": {"hit@3": 0.5, "hit@3_se": 0.0123, "random_hit@3": 0.4, "auc": 0.6,
+                               "better": "higher"}}}
+    table = markdown_table({"m": row}, ["click"])
+    assert "| m | 0.5000 ± 0.0123 | 0.6000 |" in table
+    del row["heads"]["click"]["hit@3_se"]
+    assert "| m | 0.5000 | 0.6000 |" in markdown_table({"m": row}, ["click"])

@@ -109,3 +109,24 @@ def test_ablate_tiny_writes_table_png_json(tmp_path: Path, capsys: pytest.Captur
     assert results["variants"]["TransAct"]["parameters"] > results["variants"]["no sequence"]["parameters"]
     assert (out / "ablation.png").stat().st_size > 0 and (out / "ablation.md").read_text().count("\n|") >= 3
     assert cli_main(["ablate", "transact", "--events", str(events), "--variants", "bogus"]) == 2
+
+
+def test_ablate_jobs_2_merges_the_children_in_table_order(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    events, items = write_tiny_dataset(tmp_path, users=6, requests=12)
+    out = tmp_path / "abl"
+    args = ["--events", str(events), "--items", str(items), "--config", "tiny", "--epochs", "1", "--batch-size",
+            "64", "--device", "cpu", "--no-progress"]
+    assert cli_main(["ablate", "transact", *args, "--out", str(out), "--variants", "transact,average,none",
+                     "--jobs", "2"]) == 0
+    merged = json.loads((out / "ablation.json").read_text())
+    assert list(merged["variants"]) == ["no sequence", "average pooling", "TransAct"]
+    assert merged["jobs"] == 2 and sorted(p.name for p in out.glob("part-*")) == ["part-0", "part-1"]
+    # same split and seed in one process: the same figures
+    single = tmp_path / "single"
+    assert cli_main(["ablate", "transact", *args, "--out", str(single), "--variants", "none,average,transact",
+                     "--threads", "1"]) == 0
+    one = json.loads((single / "ablation.json").read_text())
+    for name in merged["variants"]:
+        for head, m in merged["variants"][name]["heads"].items():
+            assert m["auc"] == pytest.approx(one["variants"][name]["heads"][head]["auc"], abs=1e-6), (name, head)
