@@ -14,8 +14,8 @@ HYBRID_SYN_END_MS ?= 1767225600000
 HYBRID_SEED ?= 0
 HYBRID_PF_ENV ?= OMP_WAIT_POLICY=PASSIVE ACTIONSTREAM_PF_THREADS=2 ACTIONSTREAM_PF_WIDTH=64 ACTIONSTREAM_PF_MAX_LEN=64 \
 	ACTIONSTREAM_PF_BATCH_SIZE=32
-HYBRID_ARGS ?= --config small --seq-len 50 --epochs 2 --batch-size 256 --max-train-examples 16000 \
-	--max-eval-examples 6000 --pf-steps 300 --threads 2 --seed $(HYBRID_SEED)
+HYBRID_ARGS ?= --config small --seq-len 50 --epochs 2 --batch-size 512 --max-train-examples 200000 \
+	--pf-steps 1000 --threads 2 --seed $(HYBRID_SEED)
 
 .PHONY: data-hybrid experiment-hybrid-synthetic experiment-hybrid-movielens test-hybrid-experiment
 
