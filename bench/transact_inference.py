@@ -135,7 +135,7 @@ def measure(*, threads: int = 2, quick: bool = False, seed: int = 0, progress: b
 
 
 def to_markdown(res: dict[str, Any]) -> str:
-    lines = [f"### TransAct inference ({res['threads']} torch threads{', quick' if res['quick'] else ''})", "",
+    lines = [f"### TransAct inference ({res['threads']} threads: encoder intra-op, scorer candidate slices{', quick' if res['quick'] else ''})", "",
              "| measure | p50 | p99 | throughput / CPU per call |", "|---|---:|---:|---:|"]
     for b in (1, 16, 128):
         lines.append(f"| encoder, batch {b} (100 actions each) | {res[f'encoder_b{b}_p50_ms']:.2f} ms | "

@@ -90,6 +90,16 @@ def _check_vocab(var: str, path: Path, vocab: dict[str, Any], n_actions: int, it
                           f"{items.dim}-d vectors")
 
 
+def torch_threads_for_scoring() -> None:
+    """Parallel candidate slices each run torch single-threaded (transact.inference.Scorer)."""
+    import torch
+
+    if torch.get_num_threads() != 1:
+        log.warning("ACTIONSTREAM_SCORE_THREADS > 1: torch intra-op threads set to 1 for the whole process "
+                    "(ACTIONSTREAM_TORCH_THREADS=%d is overridden)", torch.get_num_threads())
+        torch.set_num_threads(1)
+
+
 def load_models(settings: WorkerSettings) -> Models:
     """Load the configured checkpoints (CPU, eval mode). Raises :class:`ConfigError` on any problem."""
     from transact.inference import Encoder, Scorer
@@ -99,7 +109,7 @@ def load_models(settings: WorkerSettings) -> Models:
     if settings.transact_checkpoint is not None:
         path, var = Path(settings.transact_checkpoint), "ACTIONSTREAM_TRANSACT_CHECKPOINT"
         try:
-            scorer = Scorer.from_checkpoint(path, models.items, threads=threads)
+            scorer = Scorer.from_checkpoint(path, models.items, threads=settings.score_threads)
         except Exception as exc:  # noqa: BLE001 - unreadable, wrong format, wrong kind
             raise ConfigError(f"{var}: cannot load {path}: {type(exc).__name__}: {exc}") from None
         t = scorer.cfg.encoder_config
@@ -115,6 +125,8 @@ def load_models(settings: WorkerSettings) -> Models:
             raise ConfigError(f"{var}: cannot load {path}: {type(exc).__name__}: {exc}") from None
         _check_vocab(var, path, encoder.vocab, encoder.cfg.n_actions, encoder.cfg.item_dim, settings, models.items)
         models.encoder = encoder
+    if settings.score_threads > 1:
+        torch_threads_for_scoring()
         log.info("realtime encoder %s loaded from %s (%d-d vectors)", encoder.model_version, path, encoder.out_dim)
     return models
 

@@ -75,6 +75,17 @@ def test_fast_scoring_matches_forward(items: MemoryItemStore, length: int) -> No
     assert_parity(scorer, make_seq(length), cands(75))  # 75: chunks of 16 plus a partial one
 
 
+@pytest.mark.parametrize(("threads", "n"), [(2, 75), (2, 20), (3, 100), (2, 1)])
+def test_parallel_candidate_slices_match_forward(items: MemoryItemStore, threads: int, n: int) -> None:
+    """threads > 1 scores contiguous slices of whole chunks on pool threads; order and values unchanged."""
+    scorer = Scorer(model(daily_dim=16), items, threads=threads, chunk=8)
+    daily = np.random.default_rng(4).standard_normal(16).astype(np.float32)
+    assert_parity(scorer, make_seq(50), cands(n), daily)
+    one = Scorer(scorer.model, items, threads=1, chunk=8)
+    torch.testing.assert_close(scorer.score_logits(make_seq(50), cands(n), REQ, daily),
+                               one.score_logits(make_seq(50), cands(n), REQ, daily), atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("kw", [
     {"nhead": 2},  # the official code's 2 heads
     {"first_k": 3, "use_max_pool": False},
