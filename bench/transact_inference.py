@@ -114,6 +114,7 @@ def measure(*, threads: int = 2, quick: bool = False, seed: int = 0, progress: b
     res["parity_max_abs_logit_diff"] = float((fast - ref).abs().max())
 
     port = DirectPortTransAct().eval()
+    torch.set_num_threads(threads)  # the port gets the same cores as torch intra-op threads (the Scorer set 1)
     warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors", category=UserWarning)
 
     def direct() -> np.ndarray:
