@@ -63,7 +63,7 @@ from embeddings.train import train_model as train_pinnerformer
 from streams.errors import ConfigError
 from streams.settings import CsvTuple, _split_csv
 from transact.data import PointInTimeData
-from transact.evaluate import markdown_table
+from transact.evaluate import markdown_table, paired_delta
 from transact.model import RankingConfig
 from transact.settings import TrainSettings
 from transact.train import (
@@ -273,9 +273,15 @@ def verdict(res: dict[str, Any]) -> list[str]:
         hy, d, r = (v[by_key[k]]["heads"][h]["hit@3"] for k in ("hybrid", "daily", "realtime"))
         ok = hy > d and hy > r
         rnd = v[by_key["hybrid"]]["heads"][h]["random_hit@3"]
+        paired = ""
+        if "hit@3_per_request" in v[by_key["hybrid"]]["heads"][h]:
+            dd = paired_delta(v[by_key["hybrid"]], v[by_key["daily"]], h)
+            dr = paired_delta(v[by_key["hybrid"]], v[by_key["realtime"]], h)
+            paired = (f" [paired over requests: hybrid − daily {dd[0]:+.4f} ± {dd[1]:.4f}, hybrid − realtime "
+                      f"{dr[0]:+.4f} ± {dr[1]:.4f} (± 1 SE)]")
         lines.append(f"- HIT@3 {h}: hybrid {hy:.4f} vs daily {d:.4f} ({(hy - d) / d:+.1%}) and realtime {r:.4f} "
                      f"({(hy - r) / r:+.1%}), random order {rnd:.4f}: "
-                     f"{'hybrid beats each part' if ok else 'hybrid does NOT beat each part'}")
+                     f"{'hybrid beats each part' if ok else 'hybrid does NOT beat each part'}{paired}")
     return lines
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from transact.evaluate import markdown_table
+from transact.evaluate import markdown_table, paired_delta
 from transact.model import RankingConfig
 from transact.settings import AblateSettings
 from transact.train import (
@@ -108,6 +108,26 @@ def run_ablation(s: AblateSettings, *, progress: bool = True) -> dict[str, Any]:
     return {"variants": results, "data": data.stats, "train_examples": int(len(train_idx)),
             "eval_examples": int(len(eval_idx)), "heads": list(data.heads),
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in s.masked().items()}}
+
+
+def paired_table(results: dict[str, Any], base: str = "TransAct") -> str:
+    """Markdown: HIT@3 of every other variant minus ``base``, paired over the same eval requests (± 1 SE);
+    empty when the results carry no per-request hits (older runs)."""
+    v, heads = results["variants"], results["heads"]
+    if base not in v or any("hit@3_per_request" not in v[base]["heads"][h] for h in heads):
+        return ""
+    lines = ["", "", f"HIT@3 minus {base}, paired over the same eval requests (± 1 SE; the sign that is better: "
+             + ", ".join(f"{h} {'−' if v[base]['heads'][h]['better'] == 'lower' else '+'}" for h in heads) + ")",
+             "", "| model | " + " | ".join(f"Δ HIT@3 {h}" for h in heads) + " |", "|---|" + "---:|" * len(heads)]
+    for name, r in v.items():
+        if name == base:
+            continue
+        cells = []
+        for h in heads:
+            d, se = paired_delta(r, v[base], h)
+            cells.append(f"{d:+.4f} ± {se:.4f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def plot(results: dict[str, Any], path: Path, title: str) -> None:
@@ -217,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             results = run_ablation(s, progress=not args.no_progress)
         results["total_seconds"] = time.perf_counter() - t0
-        table = markdown_table(results["variants"], results["heads"])
+        table = markdown_table(results["variants"], results["heads"]) + paired_table(results)
         header = (f"TransAct ablation on `{Path(s.events).name}` ({results['train_examples']} train / "
                   f"{results['eval_examples']} eval examples, {s.epochs} epoch(s), config {s.config}, seed {s.seed}, "
                   f"{results['total_seconds'] / 60:.1f} min; HIT@3 ± its standard error over requests)\n\n")

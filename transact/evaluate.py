@@ -36,7 +36,8 @@ import torch
 
 from transact.data import PointInTimeData
 
-__all__ = ["auc", "evaluate", "hit_at_k", "hits_per_request", "markdown_table", "score", "standard_error"]
+__all__ = ["auc", "evaluate", "hit_at_k", "hits_per_request", "markdown_table", "paired_delta", "score",
+           "standard_error"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,18 @@ def hits_per_request(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray,
     hits = np.add.reduceat(y * (rank < k), starts)
     positives = np.add.reduceat(y, starts)
     return hits[counted], (k / sizes[counted] * positives[counted])
+
+
+def paired_delta(a: dict[str, Any], b: dict[str, Any], head: str, k: int = 3) -> tuple[float, float]:
+    """HIT@k of model ``a`` minus model ``b`` on one head and its paired standard error over requests.
+
+    ``a``/``b``: :func:`evaluate` results on the same eval examples. Pairing removes the between-request
+    variance both share, so this SE is much smaller than either row's own."""
+    x = np.asarray(a["heads"][head][f"hit@{k}_per_request"], np.float64)
+    y = np.asarray(b["heads"][head][f"hit@{k}_per_request"], np.float64)
+    if x.shape != y.shape:
+        raise ValueError("paired_delta needs results on the same eval requests")
+    return float((x - y).mean()), standard_error(x - y)
 
 
 def standard_error(x: np.ndarray) -> float:
@@ -141,6 +154,8 @@ def evaluate(model: torch.nn.Module, data: PointInTimeData, idx: np.ndarray, *, 
         y = labels[:, j]
         result["heads"][h] = {
             f"hit@{k}": hit, f"hit@{k}_se": standard_error(hits), f"random_hit@{k}": rand,
+            # per counted request, in request-id order: two models on the same eval examples compare pairwise
+            f"hit@{k}_per_request": hits.tolist(),
             "requests_ranked": len(hits), "auc": auc(probs[:, j], y),
             "logloss": float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if len(y) else float("nan"),
             "positive_rate": float(y.mean()) if len(y) else float("nan"),

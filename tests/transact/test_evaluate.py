@@ -89,3 +89,13 @@ def test_markdown_table_shows_standard_error_when_known() -> None:
     assert "| m | 0.5000 ± 0.0123 | 0.6000 |" in table
     del row["heads"]["click"]["hit@3_se"]
     assert "| m | 0.5000 | 0.6000 |" in markdown_table({"m": row}, ["click"])
+
+
+def test_paired_delta_is_the_mean_difference_with_its_own_standard_error() -> None:
+    from transact.evaluate import paired_delta, standard_error
+    a = {"heads": {"click": {"hit@3_per_request": [1.0, 2.0, 0.0, 1.0]}}}
+    b = {"heads": {"click": {"hit@3_per_request": [0.0, 2.0, 0.0, 0.0]}}}
+    d, se = paired_delta(a, b, "click")
+    assert d == pytest.approx(0.5) and se == pytest.approx(standard_error(np.array([1.0, 0.0, 0.0, 1.0])))
+    with pytest.raises(ValueError):
+        paired_delta(a, {"heads": {"click": {"hit@3_per_request": [1.0]}}}, "click")

@@ -108,6 +108,7 @@ def test_ablate_tiny_writes_table_png_json(tmp_path: Path, capsys: pytest.Captur
     assert list(results["variants"]) == ["no sequence", "TransAct"]
     assert results["variants"]["TransAct"]["parameters"] > results["variants"]["no sequence"]["parameters"]
     assert (out / "ablation.png").stat().st_size > 0 and (out / "ablation.md").read_text().count("\n|") >= 3
+    assert "| no sequence | " in printed.split("paired over the same eval requests")[1]  # the paired table
     assert cli_main(["ablate", "transact", "--events", str(events), "--variants", "bogus"]) == 2
 
 
