@@ -3,9 +3,9 @@
 # TRANSACT_* size the runs. ABLATE_ARGS: the whole train split (~200k examples), 2 epochs of batch 512, scored
 # on the whole eval split (~50k examples, ~2,900 requests): with 24k examples TransAct did not learn the
 # candidate x sequence interaction (below random HIT@3), with 1 epoch it reached click HIT@3 0.47, with 2
-# epochs 0.61 (random 0.41; transact/train.py). Variants run in 2 processes of 1 thread (--jobs 2); measured
-# ~2 min per baseline, ~12 min per TransAct variant on 1 thread (pick a subset with
-# ABLATE_ARGS="... --variants none,average,transact,window").
+# epochs 0.61 (random 0.41; transact/train.py). Variants run in 2 processes of 1 thread (--jobs 2); measured:
+# all 9 in 53 min on this 2-core box (~1 min per baseline, 4-12 min per TransAct variant per process); pick a
+# subset with ABLATE_ARGS="... --variants none,average,transact,window".
 TRANSACT_DIR ?= .actionstream/transact
 TRANSACT_SYN_USERS ?= 1500
 TRANSACT_SYN_ITEMS ?= 5000
