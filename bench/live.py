@@ -25,13 +25,12 @@ import orjson
 
 from bench.procs import Proc
 from streams.events import now_ms
+from streams.metrics import parse_exposition
 from streams.sequence import _HEADER, _HS, _REC, event_key
 
 __all__ = ["HttpLoad", "PacedRun", "changelog_freshness", "histogram_quantiles", "metrics_text", "paced_produce",
            "scrape", "wait_ready"]
 
-# labels up to the LAST "}": a value may hold braces (route="/v1/users/{user_id}/features")
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)$")
 
 
 def metrics_text(port: int, timeout: float = 2.0) -> str:
@@ -41,12 +40,7 @@ def metrics_text(port: int, timeout: float = 2.0) -> str:
 
 def scrape(port: int) -> dict[str, float]:
     """``{'name{labels}': value}`` of one worker's /metrics."""
-    out: dict[str, float] = {}
-    for line in metrics_text(port).splitlines():
-        m = _SAMPLE.match(line)
-        if m:
-            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-    return out
+    return parse_exposition(metrics_text(port))
 
 
 def metric(samples: dict[str, float], name: str, **labels: str) -> float:

@@ -32,22 +32,14 @@ from bench.procs import Proc, start_module
 from bench.workload import make_events
 from streams.broker import free_port
 from streams.events import Event, encode_event, now_ms
+from streams.metrics import parse_exposition
 
 log = logging.getLogger(__name__)
 
 
 def scrape(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                pass
-    return out
+        return parse_exposition(resp.read().decode())
 
 
 def quantile(metrics: dict[str, float], name: str, stage: str, q: float) -> float | None:

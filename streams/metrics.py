@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["FRESHNESS_BUCKETS", "PREFIX", "WorkerMetrics"]
+__all__ = ["FRESHNESS_BUCKETS", "PREFIX", "WorkerMetrics", "parse_exposition"]
 
 PREFIX = "actionstream_"
 # event time -> state stored: 5 ms ... 60 s
@@ -98,3 +98,20 @@ class WorkerMetrics(NamedTuple):
                 p + "last_event_timestamp_seconds", "Event time of the newest applied event, epoch seconds.",
                 registry=r),
         )
+
+
+def parse_exposition(text: str) -> dict[str, float]:
+    """Prometheus text format -> ``{'name{labels}': value}`` (comments and unparsable lines skipped).
+
+    The value is the last field, so label values may hold spaces or braces (``route="/v1/users/{user_id}"``).
+    Used by the tests' worker harness and the benchmarks to read ``/metrics``."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            continue
+    return out

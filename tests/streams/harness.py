@@ -31,6 +31,7 @@ import orjson
 
 from streams.broker import free_port
 from streams.events import Event, now_ms
+from streams.metrics import parse_exposition
 from streams.sequence import Act, SequenceCodec, decode, rebuild
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,16 +221,7 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 
 def parse_metrics(text: str) -> dict[str, float]:
     """Prometheus text -> {'name{labels}': value} (comments skipped)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, _, value = line.rpartition(" ")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            continue
-    return out
+    return parse_exposition(text)
 
 
 class WorkerProc:

@@ -71,3 +71,15 @@ def test_registries_are_independent_and_values_readable() -> None:
     assert r1.get_sample_value("actionstream_freshness_seconds_bucket", {"stage": "sequence", "le": "0.5"}) == 1
     assert b"actionstream_events_accepted_total 3.0" in generate_latest(r1)
     assert m2.events_accepted_total is not m1.events_accepted_total
+
+
+def test_parse_exposition_keeps_braces_and_spaces_inside_label_values() -> None:
+    from streams.metrics import parse_exposition
+    text = ('# HELP x y\n'
+            'a_total 3.0\n'
+            'h_bucket{le="0.1",route="/v1/users/{user_id}/features"} 7.0\n'
+            'g{label="with space"} -1.5\n'
+            'bad line\n')
+    assert parse_exposition(text) == {"a_total": 3.0,
+                                      'h_bucket{le="0.1",route="/v1/users/{user_id}/features"}': 7.0,
+                                      'g{label="with space"}': -1.5}
