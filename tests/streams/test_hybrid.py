@@ -74,6 +74,20 @@ def test_checkpoints_load_and_export_their_versions(tmp_path: Path) -> None:
     assert registry.get_sample_value("actionstream_model_info", {"model": "transact", "version": "rank-1"}) == 1
 
 
+def test_score_threads_slice_candidates_and_pin_torch_to_one_thread(tmp_path: Path) -> None:
+    import torch
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        # a ranking model only (no realtime encoder): the thread setting must not depend on one
+        models = load_models(settings(tmp_path, transact_checkpoint=ranking_checkpoint(tmp_path / "rank.pt"),
+                                      score_threads=2))
+        assert models.scorer is not None and models.scorer.workers == 2 and models.encoder is None
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_missing_checkpoint_fails_at_start_up(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ACTIONSTREAM_REALTIME_CHECKPOINT: file .* does not exist"):
         settings(tmp_path, realtime_checkpoint=tmp_path / "nope.pt")
