@@ -73,13 +73,19 @@ VARIANTS: dict[str, tuple[str, Callable[[RankingConfig], RankingConfig]]] = {
 }
 
 
-def run_ablation(s: AblateSettings, *, progress: bool = True) -> dict[str, Any]:
-    """Build the data once, train + evaluate every selected variant; returns the results dict."""
+def selected_variants(s: AblateSettings) -> list[str]:
+    """The variant keys to run, in table order (= :data:`VARIANTS` order); all when none are named.
+    Raises :class:`~streams.errors.ConfigError` on an unknown name."""
     unknown = [n for n in s.variants if n not in VARIANTS]
     if unknown:
         from streams.errors import ConfigError
         raise ConfigError(f"ACTIONSTREAM_VARIANTS: unknown {unknown}; choose from {list(VARIANTS)}")
-    names = [k for k in VARIANTS if k in s.variants or not s.variants]  # table order = VARIANTS order
+    return [k for k in VARIANTS if k in s.variants or not s.variants]
+
+
+def run_ablation(s: AblateSettings, *, progress: bool = True) -> dict[str, Any]:
+    """Build the data once, train + evaluate every selected variant; returns the results dict."""
+    names = selected_variants(s)
     if s.threads:
         torch.set_num_threads(s.threads)
     device = pick_device(s.device)
@@ -193,7 +199,7 @@ def run_parallel(s: AblateSettings, argv: list[str], jobs: int, threads: int) ->
     import subprocess
     import sys
 
-    names = [k for k in VARIANTS if k in s.variants or not s.variants]
+    names = selected_variants(s)
     cheap = [k for k in names if k in ("none", "average")]
     order = [k for k in names if k not in cheap] + cheap
     parts: list[list[str]] = [[] for _ in range(min(jobs, len(order)))]
