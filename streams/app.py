@@ -152,6 +152,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         # message limit) instead of 16 KB cut ~2,000 changelog records into a few produce requests
         producer_max_batch_size=524_288,
         stream_recovery_delay=0.0,
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
         table_standby_replicas=settings.standby_replicas,
         web_tables_enabled=False,  # no table dumps over HTTP; the API owns the routes
         web_graph_enabled=False,
@@ -159,7 +160,11 @@ def create_app(settings: WorkerSettings) -> faust.App:
     )
     if settings.blocking_timeout_s:
         conf["blocking_timeout"] = settings.blocking_timeout_s
-    return faust.App(settings.worker_id, **conf)
+    app = faust.App(settings.worker_id, **conf)
+    if settings.fast_drain:
+        from streams.drain import install
+        install(app)
+    return app
 
 
 def create_platform(settings: WorkerSettings, registry: CollectorRegistry | None = None) -> Platform:
@@ -243,6 +248,8 @@ def _install_timers(platform: Platform) -> None:
             n = archive.flush()
             log.info("archive flushed on stop (%d lines, %d total)", n, archive.lines_written)
 
+    handoff_waits_seen = [0]
+
     @app.timer(1.0, name="metrics-gauges")
     async def refresh_gauges() -> None:
         ready = platform.is_ready()
@@ -250,6 +257,10 @@ def _install_timers(platform: Platform) -> None:
         m.recovery_remaining_records.set(app.tables.recovery.active_remaining_total())  # type: ignore[attr-defined]
         m.table_keys.labels(table="sequences").set(platform.sequences.count_keys())
         consumer = app.consumer
+        waits = getattr(consumer, "handoff_waits", 0)  # streams.drain.FastDrainConsumer
+        if waits > handoff_waits_seen[0]:
+            m.consumer_handoff_waits_total.inc(waits - handoff_waits_seen[0])
+            handoff_waits_seen[0] = waits
         m.consumer_lag_messages.clear()
         read = getattr(consumer, "_read_offset", {})
         for tp in consumer.assignment():

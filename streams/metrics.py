@@ -42,6 +42,7 @@ class WorkerMetrics(NamedTuple):
     recovery_ready: Gauge
     recovery_remaining_records: Gauge
     consumer_lag_messages: Gauge              # {topic, partition}
+    consumer_handoff_waits_total: Counter
     http_request_duration_seconds: Histogram  # {route, method, status}
     encoder_batch_size: Histogram
     encoder_seconds: Histogram
@@ -82,6 +83,9 @@ class WorkerMetrics(NamedTuple):
             consumer_lag_messages=Gauge(
                 p + "consumer_lag_messages", "End offset minus consumer position, per assigned partition.",
                 ["topic", "partition"], registry=r),
+            consumer_handoff_waits_total=Counter(
+                p + "consumer_handoff_waits", "Messages the consumer could not hand to the agent at once "
+                "(agent buffer full, flow suspended for a rebalance): back-pressure.", registry=r),
             http_request_duration_seconds=Histogram(
                 p + "http_request_duration_seconds", "HTTP request latency by route template, method, status.",
                 ["route", "method", "status"], buckets=HTTP_BUCKETS, registry=r),

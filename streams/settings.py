@@ -221,6 +221,10 @@ class WorkerSettings(KafkaSettings, EventSettings):
     commit_interval_s: float = Field(1.0, gt=0, le=60)
     standby_replicas: int = Field(0, ge=0, le=10)
     blocking_timeout_s: float | None = Field(None, gt=0, description="log the stack when the loop blocks this long")
+    fast_drain: bool = Field(True, description="hand each message to the agent without Faust's 4 tasks per "
+                                               "message (streams.drain); false = Faust's own drain loop")
+    stream_buffer_maxsize: int = Field(4096, ge=1, le=1_000_000,
+                                       description="events queued between the consumer and the agent")
 
     api_token: SecretStr = Field(SecretStr(""), description="bearer token for the API (empty = no auth)")
     max_candidates: int = Field(1000, ge=1, le=100_000)

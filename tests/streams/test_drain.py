@@ -1,0 +1,146 @@
+"""streams.drain: the half-run callback is resumed exactly as an asyncio Task would run it.
+
+The drain loop itself runs in every worker test (it is the default consumer); the worker-stream tests run
+their worker with a 32-event agent buffer so the waiting path is taken there too
+(``actionstream_consumer_handoff_waits_total > 0``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from streams.app import create_app
+from streams.drain import FastDrainConsumer, finish
+from streams.settings import WorkerSettings
+
+
+def first_step(coro: Any) -> Any:
+    """What the drain loop does: run the coroutine up to its first wait; return what it yielded."""
+    try:
+        return coro.send(None)
+    except StopIteration:  # pragma: no cover - the tests below always wait
+        raise AssertionError("expected the coroutine to wait") from None
+
+
+def test_a_coroutine_that_does_not_wait_completes_in_its_first_step() -> None:
+    async def deliver(log: list[str]) -> str:
+        log.append("put")
+        return "done"
+
+    log: list[str] = []
+    coro = deliver(log)
+    with pytest.raises(StopIteration) as stop:
+        coro.send(None)
+    assert stop.value.value == "done" and log == ["put"]
+
+
+def test_resume_continues_after_each_wait_and_returns_the_result() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        a, b = loop.create_future(), loop.create_future()
+        seen: list[Any] = []
+
+        async def deliver() -> str:
+            seen.append(await a)
+            await asyncio.sleep(0)  # a bare yield (None) in between
+            seen.append(await b)
+            return "delivered"
+
+        coro = deliver()
+        blocked_on = first_step(coro)
+        assert blocked_on is a
+        task = asyncio.ensure_future(finish(coro, blocked_on))
+        await asyncio.sleep(0)
+        assert not task.done() and seen == []
+        a.set_result(1)
+        await asyncio.sleep(0.01)
+        assert seen == [1] and not task.done()
+        b.set_result(2)
+        assert await task == "delivered"
+        assert seen == [1, 2]
+
+    asyncio.run(main())
+
+
+def test_cancelling_the_wait_is_thrown_into_the_callback() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        gate = loop.create_future()
+        cleaned: list[str] = []
+
+        async def deliver() -> None:
+            try:
+                await gate
+            finally:
+                cleaned.append("finally ran")
+
+        coro = deliver()
+        task = asyncio.ensure_future(finish(coro, first_step(coro)))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert cleaned == ["finally ran"]
+        assert gate.cancelled()  # the task cancelled what the callback waited on, as for any task
+
+    asyncio.run(main())
+
+
+def test_a_callback_that_catches_the_cancellation_can_finish() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        gate = loop.create_future()
+
+        async def deliver() -> str:
+            try:
+                await gate
+            except asyncio.CancelledError:
+                await asyncio.sleep(0)
+                return "gave up cleanly"
+            return "delivered"
+
+        coro = deliver()
+        task = asyncio.ensure_future(finish(coro, first_step(coro)))
+        await asyncio.sleep(0)
+        task.cancel()
+        assert await task == "gave up cleanly"
+
+    asyncio.run(main())
+
+
+def test_an_error_after_the_wait_propagates() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        gate = loop.create_future()
+
+        async def deliver() -> None:
+            await gate
+            raise ValueError("decode failed")
+
+        coro = deliver()
+        task = asyncio.ensure_future(finish(coro, first_step(coro)))
+        gate.set_result(None)
+        with pytest.raises(ValueError, match="decode failed"):
+            await task
+
+    asyncio.run(main())
+
+
+def test_the_worker_app_uses_the_fast_drain_consumer_unless_turned_off(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    fast = create_app(WorkerSettings.load(data_dir=tmp_path / "a", worker_id="drain-a"))
+    assert type(fast.consumer) is FastDrainConsumer
+    stock = create_app(WorkerSettings.load(data_dir=tmp_path / "b", worker_id="drain-b", fast_drain=False))
+    assert type(stock.consumer) is not FastDrainConsumer
+    assert isinstance(fast.consumer, type(stock.consumer))  # a subclass of Faust's own consumer
+
+
+def test_installing_after_the_consumer_exists_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from streams.drain import install
+
+    app = create_app(WorkerSettings.load(data_dir=tmp_path / "c", worker_id="drain-c", fast_drain=False))
+    app.consumer  # noqa: B018 - creates it
+    with pytest.raises(RuntimeError, match="already exists"):
+        install(app)
