@@ -35,7 +35,8 @@ class FaustRun:
 
 
 def run_faust_app(module: str, *, bootstrap: str, topic: str, n: int, scratch: Path, take: int = 0,
-                  store: str = "rocksdb://", timeout: float = 300.0, budget_s: float = 120.0) -> FaustRun:
+                  store: str = "rocksdb://", timeout: float = 300.0, budget_s: float = 120.0,
+                  fast_drain: bool = False) -> FaustRun:
     """Run ``bench.faust_apps.<module>`` over ``topic`` until it has processed ``n`` events, or for at most
     ``budget_s`` seconds after its first event (then the rate is the one over the events done so far:
     ``complete`` is False). ``timeout`` bounds start-up + the run."""
@@ -43,6 +44,8 @@ def run_faust_app(module: str, *, bootstrap: str, topic: str, n: int, scratch: P
     out = scratch / f"{app_id}.json"
     args = ["--bootstrap", bootstrap, "--topic", topic, "--n", str(n), "--out", str(out),
             "--data-dir", str(scratch / app_id), "--app-id", app_id, "--store", store, "--take", str(take)]
+    if fast_drain:
+        args.append("--fast-drain")
     t0 = time.monotonic()
     proc = start_module(f"bench.faust_apps.{module}", args, scratch / f"{app_id}.log")
     progress = out.with_suffix(".progress")

@@ -38,15 +38,21 @@ def parse_args(description: str) -> argparse.Namespace:
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--store", default="rocksdb://", help="table store URL (rocksdb:// or memory://)")
     p.add_argument("--take", type=int, default=0, help="batch with stream.take(N, within=0.05); 0 = per event")
+    p.add_argument("--fast-drain", action="store_true",
+                   help="use the worker's consumer drain loop (streams.drain) instead of Faust's")
     return p.parse_args()
 
 
 def make_app(args: argparse.Namespace) -> faust.App:
-    return faust.App(
+    app = faust.App(
         args.app_id, broker=f"kafka://{args.bootstrap}", datadir=str(args.data_dir), store=args.store,
         topic_partitions=args.partitions, web_enabled=False, consumer_auto_offset_reset="earliest",
         broker_session_timeout=6.0, broker_heartbeat_interval=0.5, broker_rebalance_timeout=10.0,
         broker_max_poll_interval=30.0)
+    if args.fast_drain:
+        from streams.drain import install
+        install(app)
+    return app
 
 
 class Progress:
