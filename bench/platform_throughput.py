@@ -50,10 +50,22 @@ class PlatformRun:
     rerouted: float
     rss_bytes: int | None
     cpu_seconds: float = 0.0
+    broker_cpu_seconds: float = 0.0
+    machine_busy_cores: float = 0.0  # every process on the machine, from /proc/stat
 
     @property
     def events_per_cpu_s(self) -> float:
         return self.events / self.cpu_seconds if self.cpu_seconds else 0.0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent non-idle by all cores since boot (Linux /proc/stat; 0.0 elsewhere)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -104,6 +116,7 @@ def measure_platform(env: BenchEnv, topic: str, n: int, *, workers: int = 1, tim
     """Run ``workers`` worker processes over the pre-filled ``topic`` until they accepted ``n`` events."""
     worker_id = f"bench-platform-{uuid.uuid4().hex[:6]}"
     scratch = env.dir(worker_id)
+    broker_pid = env.broker.proc.pid if env.broker is not None and env.broker.proc is not None else 0
     t0 = time.monotonic()
     procs = start_workers(env.bootstrap, topic, scratch, workers=workers, partitions=env.partitions,
                           worker_id=worker_id)
@@ -128,10 +141,13 @@ def measure_platform(env: BenchEnv, topic: str, n: int, *, workers: int = 1, tim
                 first = now
                 ready_s = now - t0
                 cpu0 = sum(cpu_seconds(p.pid) for p, _ in procs)
+                broker0, busy0 = cpu_seconds(broker_pid) if broker_pid else 0.0, machine_busy_seconds()
             if accepted >= n:
                 assert first is not None
                 seconds = now - first
                 cpu = sum(cpu_seconds(p.pid) for p, _ in procs) - cpu0
+                broker_cpu = cpu_seconds(broker_pid) - broker0 if broker_pid else 0.0
+                busy = (machine_busy_seconds() - busy0) / seconds if seconds > 0 else 0.0
                 rerouted = sum(c[1] for c in counts)
                 rss = rss_bytes(procs[0][0].pid)
                 break
@@ -140,7 +156,8 @@ def measure_platform(env: BenchEnv, topic: str, n: int, *, workers: int = 1, tim
         for p, _ in procs:
             p.stop()
     return PlatformRun(events=n, workers=workers, events_per_s=n / seconds, seconds=seconds, ready_s=ready_s,
-                       rerouted=rerouted, rss_bytes=rss, cpu_seconds=cpu)
+                       rerouted=rerouted, rss_bytes=rss, cpu_seconds=cpu, broker_cpu_seconds=broker_cpu,
+                       machine_busy_cores=busy)
 
 
 def measure_decode_only(env: BenchEnv, topic: str, n: int, timeout: float = 300.0) -> PlatformRun:

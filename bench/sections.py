@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -196,6 +197,13 @@ def platform(ctx: Ctx, sec: Section) -> None:
     sec.add("two workers (2 processes, one group), end to end", two.events_per_s, "events/s")
     r = two.events_per_s / one.events_per_s
     sec.add("scale-out: 2 workers / 1 worker", r, "×", target=f"≥ {SCALE_OUT}×", ok=r >= SCALE_OUT)
+    for run, label in ((one, "one worker"), (two, "two workers")):
+        if run.machine_busy_cores:
+            sec.add(f"{label}: cores used by the worker processes", run.cpu_seconds / run.seconds, "cores")
+            sec.add(f"{label}: cores used by the broker", run.broker_cpu_seconds / run.seconds, "cores")
+            sec.add(f"{label}: cores busy on the whole machine", run.machine_busy_cores, "cores",
+                    note=f"of {os.cpu_count()}; a worker below 1 core while the machine is near its core count "
+                         "was waiting for a core")
     sec.notes.append(f"{w.n:,} pre-filled events, {w.users:,} users; timed from the first accepted event to the "
                      "last (polling /metrics every 50 ms); the broker and the benchmark share the same 2 cores")
 

@@ -194,10 +194,13 @@ class WorkerSettings(KafkaSettings, EventSettings):
       loop past 3 s and trigger a needless rebalance; 6 s keeps the margin and still recovers in seconds.
     * ``heartbeat_interval_s=0.5`` (≤ session/3, Kafka's rule), ``rebalance_timeout_s=10``,
       ``max_poll_interval_s=30``: a rebalance waits at most 10 s for slow members.
-    * ``max_poll_records=1000``: Faust hands each ``getmany`` batch to the agent's 4096-slot buffer and
+    * ``max_poll_records=4000``: Faust hands each ``getmany`` batch to the agent's 4096-slot buffer and
       only polls again once the batch is queued; unbounded (the default), one poll returns ~40k records
       and on a CPU-starved box the next poll came > 30 s later, so the broker-side poll timer made the
-      worker leave its group mid-stream (observed). 1000 records keep every poll a fraction of a second.
+      worker leave its group mid-stream (observed). 4000 records are under a second of work at our rates
+      (8 s even at 500 events/s, far below ``max_poll_interval_s``). With the fast hand-off
+      (:mod:`streams.drain`), 1000 left the worker waiting between polls: it used 0.70 / 0.74 of a core
+      with the machine half idle, against 0.85 / 0.94 with 4000 (one worker, ``make bench`` platform section).
     * ``commit_interval_s=1``: offsets (and the changelog before them) are committed every second, so a
       crash replays at most ~1 s of input (replays are harmless: the sequence update is idempotent).
     * ``standby_replicas=0``: a standby doubles the changelog reading on this 2-core box; with the
@@ -216,7 +219,7 @@ class WorkerSettings(KafkaSettings, EventSettings):
     heartbeat_interval_s: float = Field(0.5, gt=0, le=60)
     rebalance_timeout_s: float = Field(10.0, ge=1, le=600)
     max_poll_interval_s: float = Field(30.0, ge=1, le=3600)
-    max_poll_records: int = Field(1000, ge=1, le=1_000_000)
+    max_poll_records: int = Field(4000, ge=1, le=1_000_000)
     producer_linger_s: float = Field(0.005, ge=0, le=1.0, description="batching delay of the worker's producer")
     commit_interval_s: float = Field(1.0, gt=0, le=60)
     standby_replicas: int = Field(0, ge=0, le=10)
