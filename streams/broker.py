@@ -42,10 +42,23 @@ def find_lib_dir(configured: Path | None = None) -> Path:
     return lib
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback TCP port that this process has not handed out before.
+
+    The caller binds it later (a child process, often seconds later), so two calls before the first
+    port is bound could return the same port: observed in CI, where two test workers got one port
+    and the second died on "address already in use" while the first answered its health checks."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise OSError("no free loopback port left that was not handed out already")
 
 
 def _port_open(host: str, port: int) -> bool:

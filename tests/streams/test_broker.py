@@ -85,3 +85,9 @@ def test_cluster_id_never_looks_like_an_option(tmp_path) -> None:  # type: ignor
     ids = [broker._cluster_id() for _ in range(5000)]
     assert not any(i.startswith("-") for i in ids)
     assert len(set(ids)) == len(ids) and all(len(i) == 22 for i in ids)
+
+
+def test_free_port_never_hands_out_the_same_port_twice() -> None:
+    # none of these is bound by anyone, so the OS is free to offer the same port again: free_port must not
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
