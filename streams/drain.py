@@ -20,22 +20,35 @@ read-offset bookkeeping, gap tracking and commit-every. Faust yields to the loop
 messages (and in every ``wait_first``); this loop yields every :data:`YIELD_EVERY` messages, so an HTTP
 request never waits behind a long burst of hand-offs.
 
-``ACTIONSTREAM_FAST_DRAIN=false`` gives Faust's own loop back (the benchmark compares both).
+``ACTIONSTREAM_FAST_DRAIN=false`` gives Faust's own loop back (the benchmark compares both). With another Faust
+release, whose drain loop differs from the copied one (checked by a hash of its source at start-up), the
+worker logs a warning and keeps Faust's own loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import inspect
+import logging
 import types
 from collections.abc import AsyncIterator, Coroutine, Generator
 from typing import Any, cast
 
+import faust
 from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport
 from mode import Service, ServiceT
 
-__all__ = ["FastDrainConsumer", "YIELD_EVERY", "finish", "install", "resume"]
+__all__ = ["FastDrainConsumer", "YIELD_EVERY", "faust_loop_matches", "finish", "install", "resume"]
+
+log = logging.getLogger(__name__)
+
+# sha256 of the source of faust.transport.consumer.Consumer._drain_messages that the loop below copies
+FAUST_DRAIN_VERSION = "0.15.3"
+FAUST_DRAIN_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
 
 # Messages handed over between two ``sleep(0)``s (Faust: 100, but Faust also yields in every wait_first).
 # A burst of hand-offs delays whatever else waits on the loop (an HTTP request): 10 hand-offs take ~0.2 ms.
@@ -143,11 +156,31 @@ class FastDrainConsumer(AIOKafkaConsumer):
             unset_flag(CONSUMER_FETCHING)
 
 
-def install(app: Any) -> None:
-    """Make ``app`` build a :class:`FastDrainConsumer` (call before the app creates its consumer)."""
+def faust_loop_matches() -> bool:
+    """True when the installed Faust's ``_drain_messages`` is the one this loop was copied from."""
+    try:
+        src = inspect.getsource(FaustConsumer._drain_messages)
+    except (OSError, TypeError):  # no source shipped: cannot tell
+        return False
+    return hashlib.sha256(src.encode()).hexdigest() == FAUST_DRAIN_SHA256
+
+
+def install(app: Any) -> bool:
+    """Make ``app`` build a :class:`FastDrainConsumer` (call before the app creates its consumer).
+
+    Returns False, logging a warning and leaving Faust's own loop in place, when the installed Faust's
+    drain loop differs from the one this copy was made from (another Faust release): the copy could
+    then miss a fix or use attributes that no longer exist.
+    """
     transport = app.transport
     if not isinstance(transport, Transport):
         raise TypeError(f"fast drain needs Faust's aiokafka transport, got {type(transport).__name__}")
     if app._consumer is not None:  # noqa: SLF001
         raise RuntimeError("the app's consumer already exists; install the fast drain before starting it")
+    if not faust_loop_matches():
+        log.warning("faust %s: its Consumer._drain_messages differs from the faust-streaming %s loop that "
+                    "streams/drain.py was copied from; using Faust's own loop (slower). Compare the two and "
+                    "update FAUST_DRAIN_SHA256 to re-enable it.", faust.__version__, FAUST_DRAIN_VERSION)
+        return False
     transport.Consumer = FastDrainConsumer  # type: ignore[misc]  # per app, not for every Transport
+    return True

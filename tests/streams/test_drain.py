@@ -144,3 +144,17 @@ def test_installing_after_the_consumer_exists_is_refused(tmp_path) -> None:  # t
     app.consumer  # noqa: B018 - creates it
     with pytest.raises(RuntimeError, match="already exists"):
         install(app)
+
+
+def test_another_faust_drain_loop_keeps_fausts_own_with_a_warning(tmp_path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    import faust
+
+    import streams.drain as drain
+
+    if faust.__version__ == drain.FAUST_DRAIN_VERSION:
+        assert drain.faust_loop_matches()  # the release the loop was copied from is recognised
+    monkeypatch.setattr(drain, "FAUST_DRAIN_SHA256", "0" * 64)  # as if Faust's loop had changed
+    with caplog.at_level("WARNING", logger="streams.drain"):
+        app = create_app(WorkerSettings.load(data_dir=tmp_path / "d", worker_id="drain-d"))
+    assert type(app.consumer) is not FastDrainConsumer
+    assert "using Faust's own loop" in caplog.text
