@@ -22,12 +22,12 @@ import json
 import logging
 import random
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 from bench.env import BenchEnv
+from bench.live import metrics_text, wait_ready
 from bench.procs import Proc, start_module
 from bench.workload import make_events
 from streams.broker import free_port
@@ -38,8 +38,7 @@ log = logging.getLogger(__name__)
 
 
 def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310
-        return parse_exposition(resp.read().decode())
+    return parse_exposition(metrics_text(port, timeout=5))
 
 
 def quantile(metrics: dict[str, float], name: str, stage: str, q: float) -> float | None:
@@ -84,21 +83,6 @@ def start_worker(env: BenchEnv, topic: str, scratch: Path, name: str, extra_env:
     return start_module("streams.cli", args, scratch / f"{name}.log", {**emb, **extra_env}), port
 
 
-def wait_ready(proc: Proc, port: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"worker exited:\n{proc.tail()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:  # noqa: S310
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"worker not ready:\n{proc.tail()}")
-
-
 def drain(env: BenchEnv, topic: str, n: int, scratch: Path, name: str, extra_env: dict[str, str]) -> dict[str, Any]:
     """Backlog drain of the pre-filled topic; events/s + the worker's encoder counters at the end."""
     proc, port = start_worker(env, topic, scratch, name, extra_env)
@@ -140,7 +124,7 @@ def live(env: BenchEnv, scratch: Path, users: int, rate: float, seconds: float, 
 
     topic = env.topic("rt-live")
     proc, port = start_worker(env, topic, scratch, "live", extra_env)
-    wait_ready(proc, port)
+    wait_ready([(proc, port)], 120.0)
     producer = KafkaProducer(bootstrap_servers=env.bootstrap, linger_ms=5, acks=1)
     rng = random.Random(3)
     actions = ("impression", "click", "save", "closeup", "hide")

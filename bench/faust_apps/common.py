@@ -51,7 +51,8 @@ def make_app(args: argparse.Namespace) -> faust.App:
         broker_max_poll_interval=30.0)
     if args.fast_drain:
         from streams.drain import install
-        install(app)
+        if not install(app):
+            raise SystemExit("--fast-drain: streams.drain does not apply to this Faust release (see the warning)")
     return app
 
 
