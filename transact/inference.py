@@ -171,10 +171,11 @@ class _FusedTransAct:
 
     def __call__(self, s: Tensor, cand: Tensor) -> Tensor:
         """s: (L, d - Di) real sequence rows ``[action_emb; item]``; cand: (C, Di) -> (C, out_dim)."""
-        return self.run(self.prepare(s), cand)
+        return self.run(self.prepare(s, cand.shape[0]), cand)
 
-    def prepare(self, s: Tensor) -> _Request | None:
-        """The candidate-independent part of layer 1, once per request (None for an empty sequence)."""
+    def prepare(self, s: Tensor, candidates: int) -> _Request | None:
+        """The candidate-independent part of layer 1, once per request of ``candidates`` candidates
+        (None for an empty sequence)."""
         d, di = self.cfg.d_model, self.di
         length = s.shape[0]
         if length == 0:
@@ -188,7 +189,7 @@ class _FusedTransAct:
             g=[first.m[k][d - di:] @ s.T for k in range(heads)],  # (Di, L): candidate x sequence scores
             sn=[s @ first.n[k] for k in range(heads)],  # (L, d): sequence values
             nc=[first.n[k][d - di:] for k in range(heads)],  # (Di, d): candidate values
-            s_rep=s.repeat(self.chunk, 1))  # (chunk L, d)
+            s_rep=s.repeat(min(candidates, self.chunk), 1))  # (chunk L, d)
 
     def run(self, req: _Request | None, cand: Tensor) -> Tensor:
         """Candidates (C, Di) of a prepared request -> (C, out_dim); any slice of the request's candidates."""
@@ -298,14 +299,14 @@ class Scorer:
             cand = m.items(cands["cand_vec"], cands["cand_has_vec"], cands["cand_hash"])  # (C, Di)
             length = _real_length(user) if self.fused is not None else max(_real_length(user), 1)
             user = {k: v[:, :length] if v.dim() > 1 else v for k, v in user.items()}
-            req: Any = None
+            req: _Request | None = None
             one: Tensor | None = None
             if self.fused is not None:
                 tr = m.transact
                 assert tr is not None
                 rows = torch.cat([tr.action_emb(user["action"][0]),
                                   m.items(user["item_vec"][0], user["item_has_vec"][0], user["item_hash"][0])], -1)
-                req = self.fused.prepare(rows)  # once per request, shared by every part
+                req = self.fused.prepare(rows, cand.shape[0])  # once per request, shared by every part
             else:
                 one = m.sequence(user, cand[:1])  # candidate-free: once per request
             vec: Tensor | None = None
