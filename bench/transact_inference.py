@@ -6,9 +6,11 @@ initialised weights (speed does not depend on the weights):
 
 * :class:`transact.inference.Encoder` (candidate-free, d 64): users with full 100-action sequences,
   batch sizes 1 / 16 / 128: p50 / p99 latency and sequences/s (batch / p50);
-* :class:`transact.inference.Scorer`: 1 user (100 actions) x 100 / 500 / 1000 candidates, p50 / p99 of
-  the whole ``score()`` call (feature building from an item store included), plus 500 candidates for a
-  user with 20 actions (padding skipped);
+* :class:`transact.inference.Scorer` as the worker builds it (int8 DCN cross layers, the
+  ``ACTIONSTREAM_SCORE_INT8_DCN`` default): 1 user (100 actions) x 100 / 500 / 1000 candidates, p50 / p99
+  of the whole ``score()`` call (feature building from an item store included), plus 500 candidates for a
+  user with 20 actions (padding skipped), and 1 x 500 with float32 cross layers (exactly the model's
+  forward) measured in turn with the int8 calls, so the two share the machine's state;
 * the direct port of the official forward (``bench/transact_direct_port.py``, nhead 2, float padding
   mask) on the same 1 x 500 request, with the same DCN v2 + MLP head, and the speed-up ratio (p50/p50);
 * the max |fast - reference| logit difference on the measured request (parity, for the record).
@@ -74,6 +76,24 @@ def _time(fn: Callable[[], object], reps: int, warmup: int = 2, desc: str = "", 
     return out
 
 
+def _time_pair(fn: Callable[[], object], other: Callable[[], object], reps: int, desc: str = "",
+               cpu_key: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Wall-clock seconds of ``reps`` calls of each of two functions after one warm-up call each, called in
+    turn (paired: both see the same machine); ``fn``'s median CPU time per call goes under ``cpu_key``."""
+    fn(), other()
+    a, b, cpu = np.empty(reps), np.empty(reps), np.empty(reps)
+    for i in tqdm(range(reps), desc=desc, leave=False, disable=not desc):
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        a[i], cpu[i] = time.perf_counter() - t0, time.process_time() - c0
+        t0 = time.perf_counter()
+        other()
+        b[i] = time.perf_counter() - t0
+    if cpu_key:
+        CPU_MS[cpu_key] = float(np.median(cpu) * 1e3)
+    return a, b
+
+
 def _pct(ts: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(ts, 50) * 1e3), float(np.percentile(ts, 99) * 1e3)
 
@@ -99,18 +119,26 @@ def measure(*, threads: int = 2, quick: bool = False, seed: int = 0, progress: b
         res[f"encoder_b{b}_seq_per_s"] = b / (p50 / 1e3)
 
     model = RankingModel(RankingConfig()).eval()
-    scorer = Scorer(model, items, threads=threads)
+    scorer = Scorer(model, items, threads=threads, int8_cross=True)
+    exact = Scorer(model, items, threads=threads)
+    res["int8_dcn"] = scorer.cross8 is not None
     user = _seq(100, rng)
     for c in (100, 500, 1000):
         cands = [f"i{k}" for k in rng.integers(0, 5000, c)]
-        ts = _time(functools.partial(scorer.score, user, cands, REQ), reps["score"] if c <= 500 else reps["score"] // 2,
-                   desc=desc(f"score 1x{c}"), cpu_key=f"score_c{c}_cpu_ms")
+        if c == 500:  # int8 and float32 cross layers call by call, so both see the same machine
+            ts, ts32 = _time_pair(functools.partial(scorer.score, user, cands, REQ),
+                                  functools.partial(exact.score, user, cands, REQ), reps["score"],
+                                  desc=desc("score 1x500 (int8 / float32 DCN)"), cpu_key="score_c500_cpu_ms")
+            res["score_c500_fp32_p50_ms"], res["score_c500_fp32_p99_ms"] = _pct(ts32)
+        else:
+            ts = _time(functools.partial(scorer.score, user, cands, REQ), reps["score"] if c < 500 else reps["score"] // 2,
+                       desc=desc(f"score 1x{c}"), cpu_key=f"score_c{c}_cpu_ms")
         res[f"score_c{c}_p50_ms"], res[f"score_c{c}_p99_ms"] = _pct(ts)
     cands500 = [f"i{k}" for k in rng.integers(0, 5000, 500)]
     short = _seq(20, rng)
     ts = _time(lambda: scorer.score(short, cands500, REQ), reps["score"] // 2, desc=desc("score 1x500, 20 actions"))
     res["score_c500_len20_p50_ms"], res["score_c500_len20_p99_ms"] = _pct(ts)
-    fast, ref = scorer.score_logits(user, cands500, REQ), scorer.reference_logits(user, cands500, REQ)
+    fast, ref = exact.score_logits(user, cands500, REQ), exact.reference_logits(user, cands500, REQ)
     res["parity_max_abs_logit_diff"] = float((fast - ref).abs().max())
 
     port = DirectPortTransAct().eval()
@@ -146,6 +174,8 @@ def to_markdown(res: dict[str, Any]) -> str:
                      f"{res[f'score_c{c}_p99_ms']:.1f} ms | {res[f'score_c{c}_cpu_ms']:.0f} ms CPU |")
     lines.append(f"| score 1 user (20 actions) x 500 | {res['score_c500_len20_p50_ms']:.1f} ms | "
                  f"{res['score_c500_len20_p99_ms']:.1f} ms | |")
+    lines.append(f"| score 1 x 500, float32 DCN (exact) | {res['score_c500_fp32_p50_ms']:.1f} ms | "
+                 f"{res['score_c500_fp32_p99_ms']:.1f} ms | |")
     lines.append(f"| direct port of the official forward, 1 x 500 | {res['direct_port_c500_p50_ms']:.0f} ms | "
                  f"{res['direct_port_c500_p99_ms']:.0f} ms | {res['direct_port_c500_cpu_ms']:.0f} ms CPU |")
     ok99 = res["score_c500_p99_ms"] <= SCORE_P99_TARGET_MS
@@ -155,7 +185,9 @@ def to_markdown(res: dict[str, Any]) -> str:
               f"- 1 x 500 p99 {res['score_c500_p99_ms']:.1f} ms (target <= {SCORE_P99_TARGET_MS:.0f} ms: "
               f"{'met' if ok99 else 'NOT met'})",
               f"- CPU time per call, direct port / fast (1 x 500): {res['cpu_speedup_vs_direct_port']:.2f}x",
-              f"- parity: max |fast - RankingModel.forward| logit difference {res['parity_max_abs_logit_diff']:.1e}",
+              f"- DCN cross layers: {'int8 (the worker default)' if res['int8_dcn'] else 'float32 (no int8 GEMM here)'}",
+              f"- parity (float32 DCN): max |fast - RankingModel.forward| logit difference "
+              f"{res['parity_max_abs_logit_diff']:.1e}",
               f"- 1-minute load average at the end: {res['load_average_1m']:.1f} on {os.cpu_count()} CPUs "
               "(other work on the machine inflates wall times)",
               f"- OMP_WAIT_POLICY={res['omp_wait_policy'] or '(unset)'} (PASSIVE stops idle OpenMP threads from "
@@ -181,12 +213,17 @@ def run(section: Any = None, *, threads: int = 2, quick: bool = False, seed: int
             else:
                 section.add(f"score 1 x {c}: p99", p99, "ms")
         section.add("score 1 x 500, 20-action user: p50", res["score_c500_len20_p50_ms"], "ms")
+        section.add("score 1 x 500, float32 DCN (exact): p50", res["score_c500_fp32_p50_ms"], "ms")
+        section.add("score 1 x 500, float32 DCN (exact): p99", res["score_c500_fp32_p99_ms"], "ms")
         section.add("direct port 1 x 500: p50", res["direct_port_c500_p50_ms"], "ms")
         section.add("speed-up vs direct port", res["speedup_vs_direct_port"], "×", target=f"≥ {SPEEDUP_TARGET:.0f}×",
                     ok=res["speedup_vs_direct_port"] >= SPEEDUP_TARGET)
         section.add("score 1 x 500: CPU per call", res["score_c500_cpu_ms"], "ms")
         section.add("direct port 1 x 500: CPU per call", res["direct_port_c500_cpu_ms"], "ms")
-        section.add("parity max |Δ logit|", res["parity_max_abs_logit_diff"], "")
+        section.add("parity max |Δ logit| (float32 DCN)", res["parity_max_abs_logit_diff"], "")
+        section.notes.append(f"DCN cross layers {'int8' if res['int8_dcn'] else 'float32 (no int8 GEMM in this torch)'} "
+                             "as the worker scores (ACTIONSTREAM_SCORE_INT8_DCN); accuracy: `actionstream eval "
+                             "transact --int8-dcn` on a trained model (README)")
         section.notes.append(f"{threads} torch threads, OMP_WAIT_POLICY={res['omp_wait_policy'] or '(unset)'}; default "
                              "model shapes, random weights; user sequences of 100 actions; scoring time includes "
                              "feature building from an in-memory item store")

@@ -109,14 +109,15 @@ def load_models(settings: WorkerSettings) -> Models:
     if settings.transact_checkpoint is not None:
         path, var = Path(settings.transact_checkpoint), "ACTIONSTREAM_TRANSACT_CHECKPOINT"
         try:
-            scorer = Scorer.from_checkpoint(path, models.items, threads=settings.score_threads)
+            scorer = Scorer.from_checkpoint(path, models.items, threads=settings.score_threads,
+                                            int8_cross=settings.score_int8_dcn)
         except Exception as exc:  # noqa: BLE001 - unreadable, wrong format, wrong kind
             raise ConfigError(f"{var}: cannot load {path}: {type(exc).__name__}: {exc}") from None
         t = scorer.cfg.encoder_config
         _check_vocab(var, path, scorer.vocab, t.n_actions, t.item_dim, settings, models.items)
         models.scorer = scorer
-        log.info("ranking model %s loaded from %s (heads %s, daily_dim %d)", scorer.model_version, path,
-                 ",".join(scorer.heads), scorer.cfg.daily_dim)
+        log.info("ranking model %s loaded from %s (heads %s, daily_dim %d, DCN %s)", scorer.model_version, path,
+                 ",".join(scorer.heads), scorer.cfg.daily_dim, "float32" if scorer.cross8 is None else "int8")
     if settings.realtime_checkpoint is not None:
         path, var = Path(settings.realtime_checkpoint), "ACTIONSTREAM_REALTIME_CHECKPOINT"
         try:

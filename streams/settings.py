@@ -244,6 +244,9 @@ class WorkerSettings(KafkaSettings, EventSettings):
                                "are split into this many slices scored in parallel; > 1 sets torch's intra-op "
                                "pool to 1 for the whole process (measured 1 x 500: 2.0x faster with 2 on 2 idle "
                                "cores; keep 1 where the stream needs the cores)")
+    score_int8_dcn: bool = Field(True, description="score with int8 DCN cross layers (VNNI int8 GEMMs, per-row "
+                                 "scales; `actionstream eval transact --int8-dcn` shows what it changes); "
+                                 "false = float32, exactly the model's forward")
 
     @field_validator("archive_dir", "data_dir", "transact_checkpoint", "realtime_checkpoint", "items_path",
                      mode="before")

@@ -36,8 +36,8 @@ import torch
 
 from transact.data import PointInTimeData
 
-__all__ = ["auc", "evaluate", "hit_at_k", "hits_per_request", "markdown_table", "paired_delta", "score",
-           "standard_error"]
+__all__ = ["Int8Dcn", "auc", "evaluate", "hit_at_k", "hits_per_request", "markdown_table", "paired_delta", "precision_report",
+           "score", "standard_error"]
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,43 @@ def evaluate(model: torch.nn.Module, data: PointInTimeData, idx: np.ndarray, *, 
     return result
 
 
+class Int8Dcn(torch.nn.Module):
+    """A RankingModel scored as the serving path does with ``int8_cross=True``: the float32 features, then
+    :meth:`transact.inference.Scorer.head_logits` with int8 DCN cross layers (CPU only)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from transact.inference import Scorer
+        super().__init__()
+        self.model = model
+        self.scorer = Scorer(model, None, threads=torch.get_num_threads(), int8_cross=True)  # type: ignore[arg-type]
+        torch.set_num_threads(self.scorer.workers)  # the Scorer sets 1 for threads > 1; whole batches here
+        if self.scorer.cross8 is None:
+            raise RuntimeError("this torch build has no CPU int8 GEMM (torch._int_mm)")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.scorer.head_logits(self.model.features(batch))  # type: ignore[operator]
+
+
+def precision_report(model: torch.nn.Module, other: torch.nn.Module, data: PointInTimeData, idx: np.ndarray, *,
+                     seq_len: int, k: int = 3) -> dict[str, float]:
+    """How far ``other``'s probabilities are from ``model``'s on examples ``idx``: max and mean |Δp| over every
+    head, and the share of requests (more than k candidates) whose top-k set changed on any head."""
+    a = score(model, data, idx, seq_len=seq_len)
+    b = score(other, data, idx, seq_len=seq_len)
+    groups = data.ex_request[idx]
+    changed, counted = 0, 0
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        if len(rows) <= k:
+            continue
+        counted += 1
+        changed += any(set(rows[np.argsort(-a[rows, j], kind="stable")[:k]])
+                       != set(rows[np.argsort(-b[rows, j], kind="stable")[:k]]) for j in range(a.shape[1]))
+    dp = np.abs(a - b)
+    return {"max_abs_dp": float(dp.max()) if dp.size else 0.0, "mean_abs_dp": float(dp.mean()) if dp.size else 0.0,
+            "top3_changed": changed / counted if counted else 0.0}
+
+
 def markdown_table(rows: dict[str, dict[str, Any]], heads: Sequence[str], k: int = 3) -> str:
     """One row per model: HIT@k (± its standard error over requests, when known) and AUC per head (arrows say
     which direction is better)."""
@@ -196,6 +233,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--seed", type=int, default=None, help="seed of the within-request shuffle")
+    p.add_argument("--int8-dcn", action="store_true",
+                   help="also score with the serving path's int8 DCN cross layers (ACTIONSTREAM_SCORE_INT8_DCN) "
+                        "and print both rows, their paired HIT@3 differences and how far the probabilities moved")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -229,8 +269,21 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=s.batch_size, device=device, seed=s.seed)
     result["checkpoint"] = str(s.checkpoint)
     result["split"] = s.split
-    print(markdown_table({vocab.get("model_name", "model"): result}, data.heads))  # noqa: T201
+    rows = {vocab.get("model_name", "model"): result}
+    if getattr(args, "int8_dcn", False):
+        int8 = Int8Dcn(model)
+        rows["int8 DCN (serving)"] = evaluate(int8, data, idx, seq_len=seq_len, negative_heads=s.negative_heads,
+                                              batch_size=s.batch_size, device=device, seed=s.seed)
+        result["int8_dcn"] = rows["int8 DCN (serving)"] | precision_report(model, int8, data, idx, seq_len=seq_len)
+    print(markdown_table(rows, data.heads))  # noqa: T201
     print(f"\n{result['examples']} examples in {result['requests']} requests ({s.split} split)")  # noqa: T201
+    if "int8_dcn" in result:
+        q = result["int8_dcn"]
+        for h in data.heads:
+            d, se = paired_delta(q, result, h)
+            print(f"int8 - float32 HIT@3 {h}: {d:+.4f} ± {se:.4f}")  # noqa: T201
+        print(f"probabilities moved: max |Δp| {q['max_abs_dp']:.2e}, mean {q['mean_abs_dp']:.2e}; requests whose "  # noqa: T201
+              f"top 3 changed (any head): {q['top3_changed']:.1%}")
     if s.out:
         s.out.parent.mkdir(parents=True, exist_ok=True)
         s.out.write_text(json.dumps(result, indent=2))

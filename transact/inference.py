@@ -26,10 +26,11 @@ share torch's thread pool), and build every batch through :func:`transact.featur
   4. **Cache-sized chunks of candidates**: every later tensor is (chunk, L, d) and stays in cache
      instead of streaming 19 MB tensors through memory for each elementwise step.
 
-  Everything stays float32. Reduced precision was measured and rejected on this CPU (Xeon, AVX-512
-  without BF16/AMX, 1 thread): bf16 matmuls ran 3-4x SLOWER than fp32 and fp16 ~40x slower; int8
-  dynamic quantization of a DCN layer (500 x 1088 x 1088) ran 2.2x faster but moved its outputs by up to
-  0.06 on values of ~2.6 (2%), far outside the parity tolerance. ``F.scaled_dot_product_attention`` for
+  The transformer stays float32. Reduced precision measured on this CPU (Xeon, AVX-512 with VNNI, without
+  BF16/AMX, 1 thread): bf16 matmuls ran 3-4x SLOWER than fp32 and fp16 ~40x slower; an int8 GEMM
+  (``torch._int_mm``, VNNI) ran 3.5-4x faster than fp32, but quantizing the (C L, 96) activations of the
+  transformer's small GEMMs costs as much as it saves. Only the **DCN cross layers** are worth it (see 7).
+  ``F.scaled_dot_product_attention`` for
   the later layers measured no faster than bmm + softmax at these sizes, and ``torch.compile`` of a
   layer took 89 s to compile and ran no faster (6.9 vs 6.3 ms per 32-candidate chunk): neither is used.
   The parity test ``tests/transact/test_inference.py`` pins fast == ``RankingModel.forward`` within a
@@ -46,10 +47,17 @@ share torch's thread pool), and build every batch through :func:`transact.featur
      constant goes into the residual, and the FFN accumulates into ``y + b2`` in place (1.17x single-
      threaded). Scoring threads **flush denormals to zero**: a peaked softmax yields denormal
      probabilities and a GEMM over them ran 4-5x slower here.
+  7. **int8 DCN cross layers** (``int8_cross=True``, the worker's default; ``ACTIONSTREAM_SCORE_INT8_DCN``):
+     the two full-rank (1088 x 1088) cross layers are the largest GEMMs of a request. Their weights are
+     int8 with one scale per output, their inputs int8 with one scale per row (computed per call, so a
+     candidate's result does not depend on its batch), int32 accumulation, float32 everywhere else. The
+     accuracy check (``python -m bench.score_precision``) compares HIT@3 / AUC and the probabilities
+     with the float32 path on a trained model; the parity test pins ``int8_cross=False``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import weakref
 from collections.abc import Sequence
@@ -68,9 +76,49 @@ from streams.sequence import Act
 from transact.features import build_batch
 from transact.model import RankingModel, TransAct, load_checkpoint
 
-__all__ = ["Encoder", "Scorer"]
+__all__ = ["Encoder", "Int8Linear", "Scorer", "int8_available"]
 
-DEFAULT_CHUNK = 32  # candidates per chunk: (32, 100, 96) float32 = 1.2 MB per tensor (fits L2)
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK = 16  # candidates per chunk: (16, 100, 96) float32 = 0.6 MB per tensor, half this CPU's 1.25 MB L2
+# (1 x 500, 2 threads, paired: chunk 16 p50 91.6 ms, 8: 99.6, 24: 97.2, 32: 107.8)
+
+
+@dataclass(frozen=True)
+class Int8Linear:
+    """``x W^T + b`` (an ``nn.Linear``) as an int8 GEMM with int32 accumulation (``torch._int_mm``: VNNI).
+
+    Weights: symmetric int8, one scale per output feature. Inputs: symmetric int8, one scale per ROW,
+    computed on each call from the row's largest magnitude (a row's result does not depend on the other
+    rows of its batch). Output float32: ``(xq @ wq) * x_scale * w_scale + b``.
+    """
+
+    wq: Tensor  # (in, out) int8
+    w_scale: Tensor  # (out,) float32
+    bias: Tensor  # (out,) float32
+
+    @classmethod
+    def of(cls, linear: nn.Linear) -> Int8Linear:
+        w = linear.weight.detach().float()  # (out, in)
+        scale = w.abs().amax(1).clamp_min(1e-30) / 127.0
+        wq = torch.round(w / scale[:, None]).to(torch.int8).T.contiguous()
+        bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros(w.shape[0])
+        return cls(wq=wq, w_scale=scale.contiguous(), bias=bias)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """x (B, in) float32 -> (B, out) float32."""
+        x_scale = x.abs().amax(1, keepdim=True).clamp_min_(1e-30).div_(127.0)  # (B, 1)
+        xq = torch.div(x, x_scale).round_().to(torch.int8)
+        return torch._int_mm(xq, self.wq).float().mul_(x_scale).mul_(self.w_scale).add_(self.bias)
+
+
+def int8_available() -> bool:
+    """``torch._int_mm`` runs on this build's CPU (checked once with a tiny product)."""
+    try:
+        a = torch.ones(1, 8, dtype=torch.int8)
+        return bool(torch._int_mm(a, a.T.contiguous()).item() == 8)
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -244,12 +292,13 @@ class Scorer:
     """One user x many candidates with a :class:`~transact.model.RankingModel` (eval mode)."""
 
     def __init__(self, model: RankingModel, item_lookup: ItemLookup | None, *, threads: int = 1,
-                 chunk: int = DEFAULT_CHUNK, vocab: dict[str, Any] | None = None) -> None:
+                 chunk: int = DEFAULT_CHUNK, vocab: dict[str, Any] | None = None, int8_cross: bool = False) -> None:
         """threads: cores one request may use (from the worker's settings). With ``threads > 1`` the
         candidates of a request are split into ``threads`` slices scored on as many pool threads, each
         running torch single-threaded (torch's intra-op pool is process-wide and set to 1 here): the
         slices share nothing, so there is no per-op OpenMP barrier, which made 2 intra-op threads slower
-        than 1 on busy cores (module docstring)."""
+        than 1 on busy cores (module docstring). int8_cross: the DCN cross layers as int8 GEMMs (module
+        docstring, 7); float32 (exactly ``RankingModel.forward``) when False or where torch has no int8 GEMM."""
         if threads < 1 or chunk < 1:
             raise ValueError("threads and chunk must be >= 1")
         torch.set_num_threads(1 if threads > 1 else threads)
@@ -267,14 +316,28 @@ class Scorer:
         self.seq_len, self.item_dim, self.hash_buckets = t.seq_len, t.item_dim, t.hash_buckets
         tr = model.transact
         self.fused = _FusedTransAct(tr, chunk) if tr is not None and tr.cfg.early_fusion else None
+        self.cross8: list[Int8Linear] | None = None
+        if int8_cross and int8_available():
+            self.cross8 = [Int8Linear.of(layer.linear) for layer in model.cross]  # type: ignore[arg-type]
+        elif int8_cross:
+            log.warning("this torch build has no CPU int8 GEMM (torch._int_mm): the DCN cross layers stay float32")
+
+    def head_logits(self, x0: Tensor) -> Tensor:
+        """``RankingModel.head_logits``: x0 (B, in_dim) -> (B, H), with the int8 cross layers when enabled."""
+        if self.cross8 is None:
+            return self.model.head_logits(x0)
+        x = x0
+        for linear in self.cross8:
+            x = torch.addcmul(x, x0, linear(x))  # DCN v2: x0 * (W x + b) + x
+        return self.model.head(self.model.mlp(x))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, item_store: ItemLookup | None, threads: int = 1,
-                        chunk: int = DEFAULT_CHUNK) -> Scorer:
+                        chunk: int = DEFAULT_CHUNK, int8_cross: bool = False) -> Scorer:
         model, _, vocab = load_checkpoint(path)
         if not isinstance(model, RankingModel):
             raise ValueError(f"{path}: a Scorer needs a RankingModel checkpoint, got {type(model).__name__}")
-        return cls(model, item_store, threads=threads, chunk=chunk, vocab=vocab)
+        return cls(model, item_store, threads=threads, chunk=chunk, vocab=vocab, int8_cross=int8_cross)
 
     @property
     def model_version(self) -> str:
@@ -324,7 +387,7 @@ class Scorer:
                     extra: dict[str, Tensor] = {}
                     if vec is not None:
                         extra = {"daily": vec.expand(c, -1), "daily_mask": torch.ones(c, dtype=torch.bool)}
-                    return m.head_logits(m.join(seq_part, part, extra))
+                    return self.head_logits(m.join(seq_part, part, extra))
 
             # candidates are independent: one contiguous slice per pool thread, whole chunks each. Smaller
             # parts pulled by whichever thread is free were measured slower, not faster: 1 x 500 p50 141 /

@@ -33,6 +33,7 @@ from embeddings.settings import DailySettings
 from streams.events import Event, encode_event, now_ms
 from streams.items import MemoryItemStore
 from streams.sequence import decode
+from streams.settings import WorkerSettings
 from tests.streams.harness import (
     ACTIONS,
     WorkerProc,
@@ -210,7 +211,8 @@ def test_hybrid_features_end_to_end(kafka: Any, unique_topic: Callable[[str], st
         heads = ("click", "save", "hide")
         for row in body["scores"]:
             assert set(row) == {"item_id", *heads} and all(0.0 <= row[h] <= 1.0 for h in heads)
-        scorer = Scorer.from_checkpoint(paths["ranking"], MemoryItemStore.from_file(paths["items"]))
+        scorer = Scorer.from_checkpoint(paths["ranking"], MemoryItemStore.from_file(paths["items"]),
+                                        int8_cross=WorkerSettings.model_fields["score_int8_dcn"].default)
         daily_vec = np.asarray(record["vector"], np.float32)
         served = np.array([[row[h] for h in heads] for row in body["scores"]])
         np.testing.assert_allclose(served, scorer.score(seq, candidates, now_ms(), daily_vec), rtol=1e-4, atol=1e-6)

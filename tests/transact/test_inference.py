@@ -22,7 +22,7 @@ import torch
 
 from streams.items import MemoryItemStore
 from streams.sequence import Act
-from transact.inference import Encoder, Scorer
+from transact.inference import Encoder, Int8Linear, Scorer, int8_available
 from transact.model import RankingConfig, RankingModel, TransAct, TransActConfig, save_checkpoint
 
 REQ = 1_700_000_000_000
@@ -191,3 +191,47 @@ def test_encoder_from_checkpoints(tmp_path: Path, items: MemoryItemStore) -> Non
     save_checkpoint(tmp_path / "early.pt", early, early.cfg, {})
     with pytest.raises(ValueError, match="candidate-free"):
         Encoder.from_checkpoint(tmp_path / "early.pt", items)
+
+
+needs_int8 = pytest.mark.skipif(not int8_available(), reason="this torch build has no CPU int8 GEMM")
+
+
+@needs_int8
+def test_int8_linear_within_its_quantization_bound() -> None:
+    """Rounding x and W to int8 moves each product by at most half a step of either factor:
+    |Δy_j| <= sx/2 sum|w_j| + sw_j/2 sum|x| + sx sw_j n/4 per row (x scale sx per row, W scale sw_j per output)."""
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(300, 200)
+    x = torch.randn(64, 300, generator=g) * torch.rand(64, 1, generator=g) * 5  # rows of different scales
+    q = Int8Linear.of(lin)
+    with torch.no_grad():
+        ref = lin(x)
+        w = lin.weight
+    got = q(x)
+    sx = x.abs().amax(1, keepdim=True) / 127
+    sw = w.abs().amax(1) / 127
+    bound = sx / 2 * w.abs().sum(1) + sw / 2 * x.abs().sum(1, keepdim=True) + sx * sw * 300 / 4
+    assert ((got - ref).abs() <= bound + 1e-5).all()
+    err = ((got - ref).norm() / ref.norm()).item()
+    assert 1e-5 < err < 0.02  # really quantized, and close
+    # one scale per row: a row's result does not depend on the rest of its batch
+    torch.testing.assert_close(q(x[5:6]), got[5:6], atol=0, rtol=0)
+
+
+@needs_int8
+def test_int8_dcn_scores_close_to_float(items: MemoryItemStore) -> None:
+    """The int8 cross layers on a model whose cross terms matter (weights 30x a random init's): the
+    probabilities move, but by far less than a ranking-relevant amount; float32 stays exact (parity)."""
+    m = model()
+    with torch.no_grad():
+        for layer in m.cross:
+            layer.linear.weight *= 30
+    exact = Scorer(m, items, threads=1)
+    int8 = Scorer(m, items, threads=2, int8_cross=True)
+    assert exact.cross8 is None and int8.cross8 is not None
+    seq, cs = make_seq(100, seed=7), cands(200, seed=8)
+    assert_parity(exact, seq, cs)
+    p32, p8 = exact.score(seq, cs, REQ), int8.score(seq, cs, REQ)
+    dp = np.abs(p32 - p8)
+    assert 0 < dp.max() < 0.01
+    assert np.corrcoef(p32[:, 0], p8[:, 0])[0, 1] > 0.999
