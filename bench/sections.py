@@ -357,6 +357,12 @@ def realtime(ctx: Ctx, sec: Section) -> None:
         sec.add(f"live at 50% of max ({rate:,.0f} events/s): {stage} p99", p99 * 1e3, "ms",
                 target=f"< {FRESHNESS_P99_MS:.0f} ms" if stage == "sequence" else "",
                 ok=(p99 * 1e3 < FRESHNESS_P99_MS) if stage == "sequence" else None)
+    from streams.settings import WorkerSettings
+    fields = WorkerSettings.model_fields
+    own = os.environ.get("ACTIONSTREAM_ENCODER_PROCESS", str(fields["encoder_process"].default)).lower() in ("1", "true")
+    nice = os.environ.get("ACTIONSTREAM_ENCODER_NICE", fields["encoder_nice"].default)
+    sec.notes.append(f"encoder: {f'its own process at niceness +{nice}' if own else 'a thread in the worker'} "
+                     "(ACTIONSTREAM_ENCODER_PROCESS / _NICE)")
     sec.notes.append(f"live: {lv['sent']:,} events sent, {lv['accepted']:,.0f} accepted, "
                      f"{lv.get('realtime_observations', 0):,.0f} realtime vectors stored (mean encoder batch "
                      f"{lv.get('mean_batch') or 0:.1f}); freshness from the worker's histograms, bucket-interpolated; "

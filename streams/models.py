@@ -126,6 +126,10 @@ def load_models(settings: WorkerSettings) -> Models:
             raise ConfigError(f"{var}: cannot load {path}: {type(exc).__name__}: {exc}") from None
         _check_vocab(var, path, encoder.vocab, encoder.cfg.n_actions, encoder.cfg.item_dim, settings, models.items)
         models.encoder = encoder
+        if settings.encoder_process:
+            from streams.encoder_process import EncoderProcess
+            models.encoder = EncoderProcess(encoder, path, settings.items_path, threads=threads,
+                                            nice=settings.encoder_nice)
         log.info("realtime encoder %s loaded from %s (%d-d vectors)", encoder.model_version, path, encoder.out_dim)
     if settings.score_threads > 1:
         torch_threads_for_scoring()

@@ -14,9 +14,9 @@ Flow (:class:`RealtimeEncoder`):
    batches cost ONE encode (coalescing), and many users share one forward pass (micro-batching); the
    encoder computes at most ``encoder_max_busy`` of the wall time, so under overload it coalesces more
    instead of taking CPU from the sequence path;
-3. it reads their blobs on the loop (RocksDB gets, microseconds), then decodes, runs
-   :meth:`transact.inference.Encoder.encode` and writes the vectors in a one-thread executor: torch never
-   runs on the event loop;
+3. it reads their blobs on the loop (RocksDB gets, microseconds), then, in a one-thread executor, has them
+   decoded and encoded (:meth:`transact.inference.Encoder.encode_blobs`, by default in a niced child
+   process: :mod:`streams.encoder_process`) and writes the vectors: torch never runs on the event loop;
 4. per user it observes ``actionstream_freshness_seconds{stage="realtime"}`` = time the vector was stored
    minus the event time of the first event that made the user dirty (the oldest unencoded change in arrival
    order), plus ``actionstream_encoder_batch_size`` / ``actionstream_encoder_seconds`` per batch.
@@ -59,7 +59,6 @@ import numpy as np
 
 from streams.events import now_ms
 from streams.metrics import WorkerMetrics
-from streams.sequence import decode
 from streams.tables import SequenceStore
 
 __all__ = ["HEADER", "NO_TS", "RealtimeEncoder", "RealtimeStore", "fingerprint", "pause_after"]
@@ -213,9 +212,12 @@ class RealtimeEncoder:
         return out_keys, blobs, tss
 
     def swap(self, encoder: Any) -> None:
-        """Serve a new model (on the event loop, between batches; a running batch keeps its old tag)."""
-        self.encoder = encoder
+        """Serve a new model (on the event loop, between batches; a running batch keeps its old tag). The old
+        encoder is closed (its process, if any, stopped) on the encoder thread, after any running batch."""
+        old, self.encoder = self.encoder, encoder
         self.store.set_model_version(str(encoder.model_version))
+        if old is not encoder and hasattr(old, "close") and not self.stopped:
+            self.executor.submit(old.close)
 
     def encode_and_store(self, keys: list[bytes], blobs: list[bytes], tss: list[int],
                          encoder: Any = None, version_crc: int | None = None) -> int:
@@ -225,8 +227,7 @@ class RealtimeEncoder:
         """
         encoder = self.encoder if encoder is None else encoder
         t0 = time.perf_counter()
-        seqs = [decode(b) for b in blobs]
-        vectors = encoder.encode(seqs, now_ms())  # (U, D) float32
+        vectors = encoder.encode_blobs(blobs, now_ms())  # (U, D) float32: decode + forward, maybe in a child process
         self._seconds.observe(time.perf_counter() - t0)
         self._batch_size.observe(len(keys))
         self.store.put_many(keys, blobs, vectors, version_crc)
@@ -266,3 +267,5 @@ class RealtimeEncoder:
         """Stop taking batches and wait for the running one (at most one batch of encoding)."""
         self.stopped = True
         self.executor.shutdown(wait=True, cancel_futures=True)
+        if hasattr(self.encoder, "close"):
+            self.encoder.close()

@@ -237,9 +237,14 @@ class WorkerSettings(KafkaSettings, EventSettings):
     items_path: Path | None = Field(None, description="item vectors: JSONL file or ItemStore RocksDB dir; empty = hashed ids")
     encoder_batch_max: int = Field(256, ge=1, le=8192, description="users per realtime-encoder micro-batch")
     encoder_interval_ms: int = Field(50, ge=0, le=60_000, description="wait between encoder micro-batches")
-    encoder_max_busy: float = Field(0.5, gt=0, le=1, description="most of the wall time the encoder thread may "
-                                    "use (it shares the CPU with the event loop); less = bigger, later batches")
+    encoder_max_busy: float = Field(1.0, gt=0, le=1, description="most of the wall time the encoder may compute; "
+                                    "less = bigger, later batches. In its own niced process (the default) the "
+                                    "OS gives the stream priority, so 1; as a thread beside the loop ~0.5")
     torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads (the realtime encoder)")
+    encoder_process: bool = Field(True, description="run the realtime encoder in a child process "
+                                  "(streams.encoder_process): the stream keeps the GIL; false = a thread")
+    encoder_nice: int = Field(10, ge=0, le=19, description="niceness added to the encoder process: the stream "
+                              "wins a contended core, the encoder gets the idle cycles")
     score_threads: int = Field(1, ge=1, le=256, description="cores one /score request may use: its candidates "
                                "are split into this many slices scored in parallel; > 1 sets torch's intra-op "
                                "pool to 1 for the whole process (measured 1 x 500: 2.0x faster with 2 on 2 idle "

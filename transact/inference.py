@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from streams.items import ItemLookup
-from streams.sequence import Act
+from streams.sequence import Act, decode
 from transact.features import build_batch
 from transact.model import RankingModel, TransAct, load_checkpoint
 
@@ -459,3 +459,7 @@ class Encoder:
         batch = {k: v[:, :length] if v.dim() > 1 else v for k, v in batch.items()}
         with torch.inference_mode():
             return self.model(batch).numpy()
+
+    def encode_blobs(self, blobs: Sequence[bytes], request_ts: int) -> np.ndarray:
+        """U stored sequence blobs (:func:`streams.sequence.encode`) -> (U, out_dim) float32 (the worker's path)."""
+        return self.encode([decode(b) for b in blobs], request_ts)
