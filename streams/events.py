@@ -36,11 +36,10 @@ from typing import Any
 
 import orjson
 
-from streams.settings import DEFAULT_ACTIONS, EventSettings
+from streams.settings import DEFAULT_ACTIONS, MAX_ID_CHARS, EventSettings
 
 __all__ = ["Event", "EventParser", "Rejection", "encode_event", "now_ms"]
 
-MAX_ID_CHARS = 128
 REQUIRED_STR = ("event_id", "user_id", "item_id", "action")
 
 

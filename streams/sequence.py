@@ -51,6 +51,17 @@ _U32_MAX = 0xFFFFFFFF
 MAX_LEN_LIMIT = 0xFFFF
 
 
+def max_blob_bytes(n: int, max_id_chars: int) -> int:
+    """The largest stored blob of ``n`` actions whose item ids have at most ``max_id_chars`` characters
+    (4 UTF-8 bytes each, one separator between ids)."""
+    return _HS + n * (_RS + 4 * max_id_chars + 1) - (1 if n else 0)
+
+
+def max_sequence_length(max_id_chars: int, record_limit: int) -> int:
+    """The most actions whose worst-case blob (:func:`max_blob_bytes`) fits ``record_limit`` bytes."""
+    return (record_limit - _HS + 1) // (_RS + 4 * max_id_chars + 1)
+
+
 def event_key(event_id: str) -> int:
     """Stable 64-bit key of an event id (blake2b-64, little-endian)."""
     return int.from_bytes(hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")

@@ -20,6 +20,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streams.errors import ConfigError
 
+MAX_ID_CHARS = 128  # longest event_id / user_id / item_id / surface (streams.events)
+# Kafka's default producer max.request.size (the broker's message.max.bytes is 1,048,588): one record
+KAFKA_RECORD_LIMIT = 1_000_000
+
 ENV_PREFIX = "ACTIONSTREAM_"
 DEFAULT_ACTIONS: tuple[str, ...] = ("impression", "click", "save", "closeup", "hide", "share", "comment")
 DEFAULT_SURFACES: tuple[str, ...] = ("homefeed", "search", "related", "profile", "notifications", "other")
@@ -131,13 +135,26 @@ class EventSettings(BaseAppSettings):
     surfaces: CsvTuple = DEFAULT_SURFACES
     max_event_bytes: int = Field(16_384, ge=256, le=1_048_576)
     future_tolerance_ms: int = Field(300_000, ge=0)
-    sequence_length: int = Field(100, ge=1, le=10_000, description="N: actions kept per user")
+    sequence_length: int = Field(100, ge=1, description="N: actions kept per user (at most 1,869: a stored "
+                                 "sequence must fit one Kafka record)")
     window_days: float = Field(30.0, gt=0, le=3650, description="actions older than this are dropped")
 
     @field_validator("actions", "surfaces", mode="before")
     @classmethod
     def _csv(cls, v: Any) -> Any:
         return _split_csv(v)
+
+    @field_validator("sequence_length")
+    @classmethod
+    def _fits_one_record(cls, v: int) -> int:
+        from streams.sequence import max_blob_bytes, max_sequence_length
+
+        if v > (most := max_sequence_length(MAX_ID_CHARS, KAFKA_RECORD_LIMIT)):
+            raise ValueError(
+                f"at most {most:,}: a user's sequence is stored as ONE changelog record, up to "
+                f"{max_blob_bytes(v, MAX_ID_CHARS):,} bytes for {v:,} actions with {MAX_ID_CHARS}-character item "
+                f"ids, over the {KAFKA_RECORD_LIMIT:,}-byte Kafka producer limit")
+        return v
 
     @field_validator("actions", "surfaces")
     @classmethod

@@ -18,6 +18,8 @@ from streams.sequence import (
     decode,
     encode,
     event_key,
+    max_blob_bytes,
+    max_sequence_length,
     rebuild,
     update,
     update_blob,
@@ -148,3 +150,15 @@ def test_encode_decode_round_trip(seq: list[Act]) -> None:
     seq = sorted(seq, reverse=True)
     assert decode(encode(seq)) == seq
     assert [a[ITEM] for a in decode(encode(seq))] == [a[ITEM] for a in seq]
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 1869])
+def test_max_blob_bytes_is_the_worst_case_encoding(n: int) -> None:
+    """128 four-byte characters per item id: the largest blob the parser lets through, byte for byte."""
+    seq = [(10_000 - k, k, 1, 0, 0, "\U0001F600" * 128) for k in range(n)]
+    assert len(encode(seq)) == max_blob_bytes(n, 128)
+
+
+def test_max_sequence_length_fits_one_kafka_record() -> None:
+    n = max_sequence_length(128, 1_000_000)
+    assert max_blob_bytes(n, 128) <= 1_000_000 < max_blob_bytes(n + 1, 128)

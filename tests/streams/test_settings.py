@@ -65,6 +65,7 @@ def test_settings_are_frozen() -> None:
     ("ACTIONSTREAM_ACTIONS", "click,click", "unique"),
     ("ACTIONSTREAM_ACTIONS", " , ", "at least one"),
     ("ACTIONSTREAM_SEQUENCE_LENGTH", "0", "greater than or equal to 1"),
+    ("ACTIONSTREAM_SEQUENCE_LENGTH", "5000", "at most 1,869: a user's sequence is stored as ONE changelog record"),
     ("ACTIONSTREAM_KAFKA_SECURITY_PROTOCOL", "TLS", "PLAINTEXT"),
     ("ACTIONSTREAM_PRODUCER_COMPRESSION", "brotli", "gzip"),
     ("ACTIONSTREAM_MAX_EVENT_BYTES", "10", "greater than or equal to 256"),
