@@ -210,8 +210,10 @@ def platform(ctx: Ctx, sec: Section) -> None:
             sec.add(f"{label}: cores busy on the whole machine", run.machine_busy_cores, "cores",
                     note=f"of {os.cpu_count()}; a worker below 1 core while the machine is near its core count "
                          "was waiting for a core")
-    sec.notes.append(f"{w.n:,} pre-filled events, {w.users:,} users; timed from the first accepted event to the "
-                     "last (polling /metrics every 50 ms); the broker and the benchmark share the same 2 cores")
+    sec.notes.append(f"{w.n:,} pre-filled events, {w.users:,} users; timed from the first poll at which every worker "
+                     "had accepted an event (two workers: after the group's start-up rebalance; "
+                     f"{two.events:,} events counted) to the last (polling /metrics every 50 ms); the broker and the "
+                     "benchmark share the same 2 cores")
 
 
 # ------------------------------------------------------------------------------------------------ workers
