@@ -32,7 +32,7 @@ import orjson
 from streams.broker import free_port
 from streams.events import Event, now_ms
 from streams.metrics import parse_exposition
-from streams.sequence import Act, SequenceCodec, decode, rebuild
+from streams.sequence import KEY, Act, SequenceCodec, decode, rebuild
 
 REPO = Path(__file__).resolve().parents[2]
 ACTIONS = ("impression", "click", "save", "closeup", "hide", "share", "comment")
@@ -184,6 +184,34 @@ def diff_states(actual: dict[str, list[Act]], expected: dict[str, list[Act]]) ->
     extra = sum(1 for u in actual if u not in expected)
     wrong = sum(1 for u, s in expected.items() if u in actual and actual[u] != s)
     return {"lost": lost, "extra": extra, "wrong": wrong}
+
+
+def explain_diff(actual: dict[str, list[Act]], expected: dict[str, list[Act]], partitions: int, n: int = 8) -> str:
+    """For a failed :func:`diff_states`: the wrong users per owner partition, and for the first ``n`` of them
+    how many expected actions the stored sequence lacks and how many it has that were not expected."""
+    from streams.tables import owner_partition
+
+    wrong = [u for u, s in expected.items() if u in actual and actual[u] != s]
+    per: dict[int, int] = {}
+    for u in wrong:
+        p = owner_partition(u.encode(), partitions)
+        per[p] = per.get(p, 0) + 1
+    lines = [f"wrong users per owner partition: {dict(sorted(per.items()))}"]
+    for u in wrong[:n]:
+        got, want = {a[KEY] for a in actual[u]}, {a[KEY] for a in expected[u]}
+        lines.append(f"  {u}: stored {len(actual[u])} actions, expected {len(expected[u])}; "
+                     f"{len(want - got)} expected actions missing, {len(got - want)} unexpected")
+    return "\n".join(lines)
+
+
+def log_problems(worker: WorkerProc, n: int = 40) -> str:
+    """The ERROR / WARNING / 'processing error' lines of a worker's log (the last ``n``)."""
+    try:
+        text = worker.log_path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    hits = [line for line in text.splitlines() if " ERROR " in line or " WARNING " in line or "Traceback" in line]
+    return "\n".join(hits[-n:]) or "(no ERROR or WARNING lines)"
 
 
 def wait_for_state(bootstrap: str, changelog: str, expected: dict[str, list[Act]],

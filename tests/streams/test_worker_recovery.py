@@ -24,9 +24,12 @@ from tests.streams.harness import (
     event_keys,
     expected_json,
     expected_state,
+    explain_diff,
     http_state,
+    log_problems,
     make_events,
     produce,
+    read_dlq,
     wait_for_state,
     wait_until,
 )
@@ -74,7 +77,11 @@ def _assert_full_state(w: WorkerProc, bootstrap: str, events: list[Event]) -> No
     expected = expected_state(events)
     state = wait_for_state(bootstrap, w.changelog_topic, expected, 120)
     assert not state.split_users
-    assert diff_states(state.sequences, expected) == CLEAN, "changelog differs from the offline rebuild"
+    dlq = read_dlq(bootstrap, w.dlq)  # every event here is valid: a DLQ record is a lost action
+    assert diff_states(state.sequences, expected) == CLEAN and not dlq, (
+        f"changelog differs from the offline rebuild\n{explain_diff(state.sequences, expected, PARTITIONS)}\n"
+        f"dead-lettered: {[(r['reason'], r['error']) for r in dlq[:5]]} ({len(dlq)} records)\n"
+        f"worker log problems:\n{log_problems(w)}")
     assert diff_json(http_state(w, expected), expected_json(expected)) == CLEAN, "worker state differs"
 
 
