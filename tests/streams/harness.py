@@ -204,6 +204,24 @@ def explain_diff(actual: dict[str, list[Act]], expected: dict[str, list[Act]], p
     return "\n".join(lines)
 
 
+def group_offsets(bootstrap: str, group: str, topic: str) -> str:
+    """The group's committed offsets and the end offsets of ``topic``, per partition (a stalled commit below
+    the end offset, long after processing, means events were skipped rather than applied)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    try:
+        c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)  # never joins
+        try:
+            tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+            committed = {tp.partition: c.committed(tp) for tp in tps}
+            end = {tp.partition: off for tp, off in c.end_offsets(tps).items()}
+        finally:
+            c.close()
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must not hide the assertion it explains
+        return f"(offsets unavailable: {exc!r})"
+    return f"committed {dict(sorted(committed.items()))}, end {dict(sorted(end.items()))}"
+
+
 def log_problems(worker: WorkerProc, n: int = 40) -> str:
     """The ERROR / WARNING / 'processing error' lines of a worker's log (the last ``n``)."""
     try:

@@ -25,6 +25,7 @@ from tests.streams.harness import (
     expected_json,
     expected_state,
     explain_diff,
+    group_offsets,
     http_state,
     log_problems,
     make_events,
@@ -81,6 +82,7 @@ def _assert_full_state(w: WorkerProc, bootstrap: str, events: list[Event]) -> No
     assert diff_states(state.sequences, expected) == CLEAN and not dlq, (
         f"changelog differs from the offline rebuild\n{explain_diff(state.sequences, expected, PARTITIONS)}\n"
         f"dead-lettered: {[(r['reason'], r['error']) for r in dlq[:5]]} ({len(dlq)} records)\n"
+        f"input offsets: {group_offsets(bootstrap, w.worker_id, w.topic)}\n"
         f"worker log problems:\n{log_problems(w)}")
     assert diff_json(http_state(w, expected), expected_json(expected)) == CLEAN, "worker state differs"
 
