@@ -129,10 +129,10 @@ def test_an_error_after_the_wait_propagates() -> None:
     asyncio.run(main())
 
 
-def test_the_worker_app_uses_the_fast_drain_consumer_unless_turned_off(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    fast = create_app(WorkerSettings.load(data_dir=tmp_path / "a", worker_id="drain-a"))
+def test_the_worker_app_uses_the_fast_drain_consumer_only_when_turned_on(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    fast = create_app(WorkerSettings.load(data_dir=tmp_path / "a", worker_id="drain-a", fast_drain=True))
     assert type(fast.consumer) is FastDrainConsumer
-    stock = create_app(WorkerSettings.load(data_dir=tmp_path / "b", worker_id="drain-b", fast_drain=False))
+    stock = create_app(WorkerSettings.load(data_dir=tmp_path / "b", worker_id="drain-b"))
     assert type(stock.consumer) is not FastDrainConsumer
     assert isinstance(fast.consumer, type(stock.consumer))  # a subclass of Faust's own consumer
 
@@ -155,6 +155,6 @@ def test_another_faust_drain_loop_keeps_fausts_own_with_a_warning(tmp_path, monk
         assert drain.faust_loop_matches()  # the release the loop was copied from is recognised
     monkeypatch.setattr(drain, "FAUST_DRAIN_SHA256", "0" * 64)  # as if Faust's loop had changed
     with caplog.at_level("WARNING", logger="streams.drain"):
-        app = create_app(WorkerSettings.load(data_dir=tmp_path / "d", worker_id="drain-d"))
+        app = create_app(WorkerSettings.load(data_dir=tmp_path / "d", worker_id="drain-d", fast_drain=True))
     assert type(app.consumer) is not FastDrainConsumer
     assert "using Faust's own loop" in caplog.text

@@ -58,7 +58,7 @@ def env(kafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:  # ty
     # a 32-event agent buffer: the consumer's hand-off waits (streams.drain's slow path) are exercised too
     worker = WorkerProc(kafka.bootstrap, tmp / "w1", topic=topic, dlq=dlq, worker_id=group,
                         partitions=PARTITIONS, archive_dir=tmp / "archive",
-                        env={"ACTIONSTREAM_STREAM_BUFFER_MAXSIZE": "32"}).start()
+                        env={"ACTIONSTREAM_STREAM_BUFFER_MAXSIZE": "32", "ACTIONSTREAM_FAST_DRAIN": "true"}).start()
     try:
         worker.wait_ready(90)
         yield Env(kafka.bootstrap, topic, dlq, worker, tmp / "archive")
