@@ -151,10 +151,9 @@ def measure_platform(env: BenchEnv, topic: str, n: int, *, workers: int = 1, tim
                 ready_s = now - t0
                 cpu0 = sum(cpu_seconds(p.pid) for p, _ in procs)
                 broker0, busy0 = cpu_seconds(broker_pid) if broker_pid else 0.0, machine_busy_seconds()
-            if accepted >= n and first is None:
-                raise RuntimeError(f"all {n} events were accepted before all {workers} workers were consuming")
-            if accepted >= n and first is not None:
-                assert first is not None
+            if accepted >= n:
+                if first is None:
+                    raise RuntimeError(f"all {n} events were accepted before all {workers} workers were consuming")
                 seconds = now - first
                 cpu = sum(cpu_seconds(p.pid) for p, _ in procs) - cpu0
                 broker_cpu = cpu_seconds(broker_pid) - broker0 if broker_pid else 0.0

@@ -360,10 +360,8 @@ def realtime(ctx: Ctx, sec: Section) -> None:
                 target=f"< {FRESHNESS_P99_MS:.0f} ms" if stage == "sequence" else "",
                 ok=(p99 * 1e3 < FRESHNESS_P99_MS) if stage == "sequence" else None)
     from streams.settings import WorkerSettings
-    fields = WorkerSettings.model_fields
-    own = os.environ.get("ACTIONSTREAM_ENCODER_PROCESS", str(fields["encoder_process"].default)).lower() in ("1", "true")
-    nice = os.environ.get("ACTIONSTREAM_ENCODER_NICE", fields["encoder_nice"].default)
-    sec.notes.append(f"encoder: {f'its own process at niceness +{nice}' if own else 'a thread in the worker'} "
+    ws = WorkerSettings.load()  # the workers inherit this environment: read it as they do
+    sec.notes.append(f"encoder: {f'its own process at niceness +{ws.encoder_nice}' if ws.encoder_process else 'a thread in the worker'} "
                      "(ACTIONSTREAM_ENCODER_PROCESS / _NICE)")
     sec.notes.append(f"live: {lv['sent']:,} events sent, {lv['accepted']:,.0f} accepted, "
                      f"{lv.get('realtime_observations', 0):,.0f} realtime vectors stored (mean encoder batch "

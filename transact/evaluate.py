@@ -165,19 +165,18 @@ def evaluate(model: torch.nn.Module, data: PointInTimeData, idx: np.ndarray, *, 
 
 class Int8Dcn(torch.nn.Module):
     """A RankingModel scored as the serving path does with ``int8_cross=True``: the float32 features, then
-    :meth:`transact.inference.Scorer.head_logits` with int8 DCN cross layers (CPU only)."""
+    ``head_logits`` with the int8 DCN cross layers of :func:`transact.inference.int8_cross_layers` (CPU only)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        from transact.inference import Scorer
+        from transact.inference import int8_available, int8_cross_layers
         super().__init__()
-        self.model = model
-        self.scorer = Scorer(model, None, threads=torch.get_num_threads(), int8_cross=True)  # type: ignore[arg-type]
-        torch.set_num_threads(self.scorer.workers)  # the Scorer sets 1 for threads > 1; whole batches here
-        if self.scorer.cross8 is None:
+        if not int8_available():
             raise RuntimeError("this torch build has no CPU int8 GEMM (torch._int_mm)")
+        self.model = model
+        self.cross8 = int8_cross_layers(model)  # type: ignore[arg-type]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.scorer.head_logits(self.model.features(batch))  # type: ignore[operator]
+        return self.model.head_logits(self.model.features(batch), self.cross8)  # type: ignore[operator]
 
 
 def precision_report(model: torch.nn.Module, other: torch.nn.Module, data: PointInTimeData, idx: np.ndarray, *,

@@ -51,7 +51,7 @@ share torch's thread pool), and build every batch through :func:`transact.featur
      the two full-rank (1088 x 1088) cross layers are the largest GEMMs of a request. Their weights are
      int8 with one scale per output, their inputs int8 with one scale per row (computed per call, so a
      candidate's result does not depend on its batch), int32 accumulation, float32 everywhere else. The
-     accuracy check (``python -m bench.score_precision``) compares HIT@3 / AUC and the probabilities
+     accuracy check (``actionstream eval transact --int8-dcn``) compares HIT@3 / AUC and the probabilities
      with the float32 path on a trained model; the parity test pins ``int8_cross=False``.
 """
 
@@ -76,7 +76,7 @@ from streams.sequence import Act, decode
 from transact.features import build_batch
 from transact.model import RankingModel, TransAct, load_checkpoint
 
-__all__ = ["Encoder", "Int8Linear", "Scorer", "int8_available"]
+__all__ = ["Encoder", "Int8Linear", "Scorer", "int8_available", "int8_cross_layers"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,11 @@ class Int8Linear:
         x_scale = x.abs().amax(1, keepdim=True).clamp_min_(1e-30).div_(127.0)  # (B, 1)
         xq = torch.div(x, x_scale).round_().to(torch.int8)
         return torch._int_mm(xq, self.wq).float().mul_(x_scale).mul_(self.w_scale).add_(self.bias)
+
+
+def int8_cross_layers(model: RankingModel) -> list[Int8Linear]:
+    """One :class:`Int8Linear` per DCN cross layer of ``model`` (for ``RankingModel.head_logits``)."""
+    return [Int8Linear.of(layer.linear) for layer in model.cross]  # type: ignore[arg-type]
 
 
 def int8_available() -> bool:
@@ -318,18 +323,13 @@ class Scorer:
         self.fused = _FusedTransAct(tr, chunk) if tr is not None and tr.cfg.early_fusion else None
         self.cross8: list[Int8Linear] | None = None
         if int8_cross and int8_available():
-            self.cross8 = [Int8Linear.of(layer.linear) for layer in model.cross]  # type: ignore[arg-type]
+            self.cross8 = int8_cross_layers(model)
         elif int8_cross:
             log.warning("this torch build has no CPU int8 GEMM (torch._int_mm): the DCN cross layers stay float32")
 
     def head_logits(self, x0: Tensor) -> Tensor:
         """``RankingModel.head_logits``: x0 (B, in_dim) -> (B, H), with the int8 cross layers when enabled."""
-        if self.cross8 is None:
-            return self.model.head_logits(x0)
-        x = x0
-        for linear in self.cross8:
-            x = torch.addcmul(x, x0, linear(x))  # DCN v2: x0 * (W x + b) + x
-        return self.model.head(self.model.mlp(x))
+        return self.model.head_logits(x0, self.cross8)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, item_store: ItemLookup | None, threads: int = 1,

@@ -46,6 +46,7 @@ Where we differ, and why:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -234,8 +235,9 @@ class CrossLayer(nn.Module):
         nn.init.zeros_(self.linear.bias)
         nn.init.normal_(self.linear.weight, std=1.0 / dim)
 
-    def forward(self, x0: Tensor, x: Tensor) -> Tensor:
-        return x0 * self.linear(x) + x
+    def forward(self, x0: Tensor, x: Tensor, linear: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """``linear``: another evaluation of ``W x + b`` (the serving path's int8 GEMM); default the layer's own."""
+        return x0 * (self.linear if linear is None else linear)(x) + x
 
 
 class RankingModel(nn.Module):
@@ -296,11 +298,12 @@ class RankingModel(nn.Module):
                 parts.append(cand.new_zeros(cand.shape[0], self.cfg.daily_dim + 1))
         return torch.cat(parts, 1)
 
-    def head_logits(self, x0: Tensor) -> Tensor:
-        """x0 (B, in_dim) -> logits (B, H): DCN v2 cross layers, MLP, linear heads."""
+    def head_logits(self, x0: Tensor, cross_linears: Sequence[Callable[[Tensor], Tensor]] | None = None) -> Tensor:
+        """x0 (B, in_dim) -> logits (B, H): DCN v2 cross layers, MLP, linear heads. ``cross_linears``: one
+        replacement per cross layer for its ``W x + b`` (e.g. :class:`transact.inference.Int8Linear`)."""
         x = x0
-        for layer in self.cross:
-            x = layer(x0, x)
+        for i, layer in enumerate(self.cross):
+            x = layer(x0, x, None if cross_linears is None else cross_linears[i])
         return self.head(self.mlp(x))
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
