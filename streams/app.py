@@ -161,9 +161,8 @@ def create_app(settings: WorkerSettings) -> faust.App:
     if settings.blocking_timeout_s:
         conf["blocking_timeout"] = settings.blocking_timeout_s
     app = faust.App(settings.worker_id, **conf)
-    if settings.fast_drain:
-        from streams.drain import install
-        install(app)
+    from streams.drain import install
+    install(app, fast_drain=settings.fast_drain)
     return app
 
 

@@ -20,6 +20,17 @@ read-offset bookkeeping, gap tracking and commit-every. Faust yields to the loop
 messages (and in every ``wait_first``); this loop yields every :data:`YIELD_EVERY` messages, so an HTTP
 request never waits behind a long burst of hand-offs.
 
+Two differences from Faust's loop make it safe where Faust's is not (found as lost events when a worker left
+the group while events flowed; ``tests/faults/test_worker_faults.py::test_scale_1_2_1``):
+
+* :meth:`SeekSafeConsumer.perform_seek` stops the flow before seeking (this one applies to Faust's own loop
+  too: every worker's consumer is a :class:`SeekSafeConsumer`). Faust's recovery resumes the input
+  partitions and awaits this seek with the flow running; records handed over meanwhile left a false "gap"
+  (counted as acknowledged) once the seek moved the read offset back, and the ``flow_control.resume()``
+  after it cleared the agents' queues, so events still queued were committed without being applied.
+* a batch stops as soon as the flow is stopped (checked before every hand-off, not only by ``getmany``),
+  and a hand-off cancelled by the stop leaves the read offset alone instead of marking the message read.
+
 ``ACTIONSTREAM_FAST_DRAIN=false`` gives Faust's own loop back (the benchmark compares both). With another Faust
 release, whose drain loop differs from the copied one (checked by a hash of its source at start-up), the
 worker logs a warning and keeps Faust's own loop.
@@ -42,7 +53,7 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import Transport
 from mode import Service, ServiceT
 
-__all__ = ["FastDrainConsumer", "YIELD_EVERY", "faust_loop_matches", "finish", "install", "resume"]
+__all__ = ["FastDrainConsumer", "SeekSafeConsumer", "YIELD_EVERY", "faust_loop_matches", "finish", "install", "resume"]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +92,26 @@ async def finish(coro: Coroutine[Any, Any, Any], blocked_on: Any) -> Any:
     return await resume(coro, blocked_on)
 
 
-class FastDrainConsumer(AIOKafkaConsumer):
+class SeekSafeConsumer(AIOKafkaConsumer):
+    """Faust's aiokafka consumer whose :meth:`perform_seek` stops the flow first (every worker uses it)."""
+
+    async def perform_seek(self) -> None:
+        """Stop the flow, then seek every partition to its committed offset (Faust's seek).
+
+        Faust's recovery resumes the input partitions and then awaits this seek with the flow already
+        running (``Recovery.on_recovery_completed``). Without the stop, the drain hands records over
+        while the seek is in flight; when it lands, the read offset drops back to the committed offset,
+        the rest of the stale batch looks like a gap (which Faust counts as acknowledged), and the
+        ``flow_control.resume()`` that follows clears the agents' queues: the events still queued were
+        never applied, yet their offsets were committed through the gap (lost, found by
+        ``tests/faults/test_worker_faults.py::test_scale_1_2_1``). Every caller resumes the flow after
+        the seek (recovery) or runs it with the flow already stopped (``getmany``).
+        """
+        self.stop_flow()
+        await super().perform_seek()
+
+
+class FastDrainConsumer(SeekSafeConsumer):
     """Faust's aiokafka consumer with the drain loop described in the module docstring.
 
     ``handoff_waits`` counts the messages whose hand-off had to wait (exported as
@@ -89,8 +119,9 @@ class FastDrainConsumer(AIOKafkaConsumer):
     """
 
     handoff_waits = 0
+    handoffs_abandoned = 0
 
-    async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover - runs in every worker test
+    async def _drain_messages(self, fetcher: ServiceT) -> None:
         callback = self.callback
         getmany = self.getmany
         consumer_should_stop = cast(Service, self)._stopped.is_set
@@ -120,6 +151,8 @@ class FastDrainConsumer(AIOKafkaConsumer):
                         if num_since_yield > yield_every:
                             await sleep(0)
                             num_since_yield = 0
+                        if not self.flow_active:
+                            break  # stopped (rebalance or seek) while this batch ran: the seek re-reads it
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
@@ -136,7 +169,13 @@ class FastDrainConsumer(AIOKafkaConsumer):
                                 pass  # delivered without waiting: no tasks needed
                             else:
                                 self.handoff_waits += 1
-                                await wait_first(finish(coro, blocked_on), suspend_flow.wait())
+                                handoff = finish(coro, blocked_on)
+                                waited = await wait_first(handoff, suspend_flow.wait())
+                                if handoff not in waited.done:
+                                    # flow stopped first: not delivered, so the read offset stays where it
+                                    # was and the rest of the batch is dropped (a seek re-reads it)
+                                    self.handoffs_abandoned += 1
+                                    break
                             set_read_offset(tp, offset)
                     unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
@@ -165,22 +204,26 @@ def faust_loop_matches() -> bool:
     return hashlib.sha256(src.encode()).hexdigest() == FAUST_DRAIN_SHA256
 
 
-def install(app: Any) -> bool:
-    """Make ``app`` build a :class:`FastDrainConsumer` (call before the app creates its consumer).
+def install(app: Any, *, fast_drain: bool = True) -> bool:
+    """Make ``app`` build a :class:`FastDrainConsumer`, or a :class:`SeekSafeConsumer` with Faust's own loop.
 
-    Returns False, logging a warning and leaving Faust's own loop in place, when the installed Faust's
-    drain loop differs from the one this copy was made from (another Faust release): the copy could
-    then miss a fix or use attributes that no longer exist.
+    Call before the app creates its consumer. Returns True when the fast drain is in place: False with
+    ``fast_drain=False``, or (logging a warning, keeping Faust's own loop) when the installed Faust's drain
+    loop differs from the one this copy was made from (another Faust release): the copy could then miss a
+    fix or use attributes that no longer exist. The seek fix applies in every case.
     """
     transport = app.transport
     if not isinstance(transport, Transport):
-        raise TypeError(f"fast drain needs Faust's aiokafka transport, got {type(transport).__name__}")
+        raise TypeError(f"the worker needs Faust's aiokafka transport, got {type(transport).__name__}")
     if app._consumer is not None:  # noqa: SLF001
-        raise RuntimeError("the app's consumer already exists; install the fast drain before starting it")
+        raise RuntimeError("the app's consumer already exists; install the drain before starting it")
+    transport.Consumer = SeekSafeConsumer  # type: ignore[misc]  # per app, not for every Transport
+    if not fast_drain:
+        return False
     if not faust_loop_matches():
         log.warning("faust %s: its Consumer._drain_messages differs from the faust-streaming %s loop that "
                     "streams/drain.py was copied from; using Faust's own loop (slower). Compare the two and "
                     "update FAUST_DRAIN_SHA256 to re-enable it.", faust.__version__, FAUST_DRAIN_VERSION)
         return False
-    transport.Consumer = FastDrainConsumer  # type: ignore[misc]  # per app, not for every Transport
+    transport.Consumer = FastDrainConsumer  # type: ignore[misc]
     return True

@@ -241,10 +241,9 @@ class WorkerSettings(KafkaSettings, EventSettings):
     commit_interval_s: float = Field(1.0, gt=0, le=60)
     standby_replicas: int = Field(0, ge=0, le=10)
     blocking_timeout_s: float | None = Field(None, gt=0, description="log the stack when the loop blocks this long")
-    fast_drain: bool = Field(False, description="hand each message to the agent without Faust's 4 tasks per "
-                                                "message (streams.drain; ~1.4x one worker's throughput). Off by "
-                                                "default: two CI runs with it on lost events when a worker left "
-                                                "the group while events flowed (cause not found)")
+    fast_drain: bool = Field(True, description="hand each message to the agent without Faust's 4 tasks per "
+                                               "message (streams.drain; ~1.4-2x one worker's throughput); false = "
+                                               "Faust's own loop (both with the seek fix in streams.drain)")
     stream_buffer_maxsize: int = Field(4096, ge=1, le=1_000_000,
                                        description="events queued between the consumer and the agent")
 

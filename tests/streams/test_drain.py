@@ -2,7 +2,8 @@
 
 The drain loop itself runs in every worker test (it is the default consumer); the worker-stream tests run
 their worker with a 32-event agent buffer so the waiting path is taken there too
-(``actionstream_consumer_handoff_waits_total > 0``).
+(``actionstream_consumer_handoff_waits_total > 0``). The last tests pin the loop's rules when the flow stops
+mid-batch and the seek fix (the cause of events lost when a worker left the group, see streams/drain.py).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 
 from streams.app import create_app
-from streams.drain import FastDrainConsumer, finish
+from streams.drain import FastDrainConsumer, SeekSafeConsumer, finish
 from streams.settings import WorkerSettings
 
 
@@ -132,9 +134,12 @@ def test_an_error_after_the_wait_propagates() -> None:
 def test_the_worker_app_uses_the_fast_drain_consumer_only_when_turned_on(tmp_path) -> None:  # type: ignore[no-untyped-def]
     fast = create_app(WorkerSettings.load(data_dir=tmp_path / "a", worker_id="drain-a", fast_drain=True))
     assert type(fast.consumer) is FastDrainConsumer
-    stock = create_app(WorkerSettings.load(data_dir=tmp_path / "b", worker_id="drain-b"))
-    assert type(stock.consumer) is not FastDrainConsumer
-    assert isinstance(fast.consumer, type(stock.consumer))  # a subclass of Faust's own consumer
+    stock = create_app(WorkerSettings.load(data_dir=tmp_path / "b", worker_id="drain-b", fast_drain=False))
+    assert type(stock.consumer) is SeekSafeConsumer  # Faust's own loop, with the seek fix
+    assert isinstance(fast.consumer, SeekSafeConsumer)
+    assert isinstance(stock.consumer, AIOKafkaConsumer)  # a subclass of Faust's own consumer
+    default = create_app(WorkerSettings.load(data_dir=tmp_path / "e", worker_id="drain-e"))
+    assert type(default.consumer) is FastDrainConsumer  # on by default
 
 
 def test_installing_after_the_consumer_exists_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -156,5 +161,109 @@ def test_another_faust_drain_loop_keeps_fausts_own_with_a_warning(tmp_path, monk
     monkeypatch.setattr(drain, "FAUST_DRAIN_SHA256", "0" * 64)  # as if Faust's loop had changed
     with caplog.at_level("WARNING", logger="streams.drain"):
         app = create_app(WorkerSettings.load(data_dir=tmp_path / "d", worker_id="drain-d", fast_drain=True))
-    assert type(app.consumer) is not FastDrainConsumer
+    assert type(app.consumer) is SeekSafeConsumer
     assert "using Faust's own loop" in caplog.text
+
+
+# ---------------------------------------------------------------- the loop when the flow stops mid-batch
+#
+# Regression for the fast drain's lost events: Faust's recovery awaits ``perform_seek`` with the flow
+# running; records handed over meanwhile, and the rest of the stale batch after the seek, left a false
+# gap (counted as acknowledged) while ``flow_control.resume()`` cleared the queued events. Kafka is not
+# needed to pin the loop's rules: getmany and the conductor callback are replaced by lists below.
+
+def _consumer(tmp_path: Any, name: str) -> FastDrainConsumer:
+    app = create_app(WorkerSettings.load(data_dir=tmp_path / name, worker_id=f"drain-{name}", fast_drain=True))
+    consumer = app.consumer
+    assert isinstance(consumer, FastDrainConsumer)
+    return consumer
+
+
+class _Msg:
+    def __init__(self, topic: str, offset: int) -> None:
+        self.topic, self.offset = topic, offset
+
+
+class _Fetcher:
+    def __init__(self) -> None:
+        self._stopped = asyncio.Event()
+
+
+async def _drain_one_batch(consumer: FastDrainConsumer, batch: list[Any], callback: Any) -> None:
+    """Drive ``_drain_messages`` over one getmany batch, then stop it (inside the test's event loop, which
+    the consumer's events must belong to: build the consumer in the same ``asyncio.run``)."""
+    calls = [0]
+
+    async def getmany(timeout: float) -> Any:
+        calls[0] += 1
+        if calls[0] > 1:
+            consumer._stopped.set()  # noqa: SLF001 - ends the loop after the batch
+            return
+        for tp, msg in batch:
+            yield tp, msg
+
+    consumer.getmany = getmany  # type: ignore[method-assign]
+    consumer.callback = callback  # type: ignore[misc]
+    consumer.resume_flow()
+    await asyncio.wait_for(consumer._drain_messages(_Fetcher()), 5)  # noqa: SLF001
+
+
+def test_a_batch_stops_at_the_first_message_after_the_flow_stopped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from faust.types import TP
+
+    tp = TP("in", 0)
+    delivered: list[int] = []
+
+    async def scenario() -> FastDrainConsumer:
+        consumer = _consumer(tmp_path, "stop")
+
+        async def callback(message: Any) -> None:
+            delivered.append(message.offset)
+            if message.offset == 2:
+                consumer.stop_flow()  # what perform_seek / a revoke does while the batch runs
+
+        await _drain_one_batch(consumer, [(tp, _Msg("in", o)) for o in range(6)], callback)
+        return consumer
+
+    consumer = asyncio.run(scenario())
+    assert delivered == [0, 1, 2]
+    assert consumer._read_offset[tp] == 2  # noqa: SLF001 - 3.. were not read: a seek re-reads them
+
+
+def test_a_handoff_cancelled_by_the_stop_is_not_marked_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from faust.types import TP
+
+    tp = TP("in", 0)
+    delivered: list[int] = []
+
+    async def scenario() -> FastDrainConsumer:
+        consumer = _consumer(tmp_path, "cancel")
+
+        async def callback(message: Any) -> None:
+            if message.offset == 3:  # the agent's queue is full: the hand-off waits, then the flow stops
+                asyncio.get_running_loop().call_later(0.01, consumer.stop_flow)
+                await asyncio.sleep(10)
+            delivered.append(message.offset)
+
+        await _drain_one_batch(consumer, [(tp, _Msg("in", o)) for o in range(6)], callback)
+        return consumer
+
+    consumer = asyncio.run(scenario())
+    assert delivered == [0, 1, 2]
+    assert consumer._read_offset[tp] == 2  # noqa: SLF001 - offset 3 was never delivered
+    assert consumer.handoff_waits == 1 and consumer.handoffs_abandoned == 1
+
+
+def test_perform_seek_stops_the_flow_before_it_seeks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    consumer = _consumer(tmp_path, "seek")
+    consumer.resume_flow()
+    seen: list[bool] = []
+
+    async def seek_to_committed() -> dict[Any, int]:
+        seen.append(consumer.flow_active)
+        return {}
+
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    asyncio.run(consumer.perform_seek())
+    assert seen == [False]  # no record is handed over while the seek moves the read offsets back
+    assert not consumer.flow_active  # recovery resumes it after the seek, as before
