@@ -114,9 +114,11 @@ def wait_ready(procs: Sequence[tuple[Proc, int]], timeout: float = 90.0) -> floa
 
 @dataclass
 class PacedRun:
-    """Events sent by :func:`paced_produce`: ``sent[event_key] = event ts (ms)``, and the achieved rate."""
+    """Events sent by :func:`paced_produce`: ``sent[event_key] = event ts (ms)``, ``user_of[event_key]``, and the
+    achieved rate."""
 
     sent: dict[int, int] = field(default_factory=dict)
+    user_of: dict[int, str] = field(default_factory=dict)
     users: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -151,6 +153,7 @@ async def _paced(bootstrap: str, topic: str, rate: float, seconds: float, users:
                                       "action": "impression", "ts": ts, "surface": "homefeed"})
                 futs.append(await p.send(topic, value, key=user.encode()))
                 run.sent[event_key(eid)] = ts
+                run.user_of[event_key(eid)] = user
                 i += 1
             await asyncio.sleep(tick)
         run.seconds = time.monotonic() - t0
@@ -182,12 +185,14 @@ def paced_produce(bootstrap: str, topic: str, *, rate: float, seconds: float, us
     return asyncio.run(_paced(bootstrap, topic, rate, seconds, users, seed))
 
 
-def changelog_freshness(bootstrap: str, changelog: str, sent: dict[int, int]) -> np.ndarray:
+def changelog_freshness(bootstrap: str, changelog: str, sent: dict[int, int],
+                        found: set[int] | None = None) -> np.ndarray:
     """Per event: timestamp of the first changelog record holding it − event ts, in ms.
 
     A changelog record carries the user's whole blob; the worker may coalesce several updates of one
     user into one record, so every action of every record is looked at, and an event counts at the first
     record (in offset order within its partition) that holds it. Actions not in ``sent`` are skipped.
+    ``found`` (when given) receives the keys of the events found.
     """
     from kafka import KafkaConsumer, TopicPartition
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20)
@@ -213,6 +218,8 @@ def changelog_freshness(bootstrap: str, changelog: str, sent: dict[int, int]) ->
                             lat.append(r.timestamp - sent[key])
     finally:
         c.close()
+    if found is not None:
+        found |= seen
     return np.asarray(lat, dtype=np.float64)
 
 

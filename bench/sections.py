@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,9 +245,27 @@ def _max_rate(ctx: Ctx) -> float:
 
 # ------------------------------------------------------------------------------------------------ (e)
 
+def _missing_note(user_of: dict[int, str], found: set[int], max_len: int) -> str:
+    """Why sent events are in no changelog record: a user's sequence keeps its newest ``max_len`` actions and the
+    worker writes one record per user per outbox flush, so a user sent more than ``max_len`` events between two
+    flushes has the oldest of them pushed out before any record holds them (not lost: replaced, as designed)."""
+    missing = [k for k in user_of if k not in found]
+    if not missing:
+        return ""
+    per_user = Counter(user_of.values())
+    busy = sum(1 for k in missing if per_user[user_of[k]] > max_len)
+    top = per_user.most_common(1)[0]
+    return (f"; of the {len(missing):,} others, {busy:,} belong to users sent more than {max_len} events in the "
+            f"phase (the busiest, {top[0]}, {top[1]:,}): a sequence keeps its newest {max_len} actions and the "
+            "worker writes one record per user per outbox flush, so actions pushed out between two flushes are "
+            "in no record")
+
+
 def freshness(ctx: Ctx, sec: Section) -> None:
     from bench.live import changelog_freshness, histogram_quantiles, paced_produce, scrape, wait_ready
+    from streams.settings import WorkerSettings
     max_rate = _max_rate(ctx)
+    max_len = WorkerSettings.load().sequence_length  # what the bench's workers keep (same environment)
     topic = ctx.env.topic("bench-fresh")
     procs, worker_id, _ = _start_group(ctx, topic)
     seconds = 4.0 if ctx.quick else 15.0
@@ -268,7 +287,8 @@ def freshness(ctx: Ctx, sec: Section) -> None:
             if backlog_s > 1.0:
                 sec.notes.append(f"at {frac:.0%}: the worker needed {backlog_s:.1f} s after the phase to drain its "
                                  "backlog: this rate is above what it sustains here")
-            lat = changelog_freshness(ctx.env.bootstrap, f"{worker_id}-sequences-changelog", run.sent)
+            found: set[int] = set()
+            lat = changelog_freshness(ctx.env.bootstrap, f"{worker_id}-sequences-changelog", run.sent, found)
             hq = histogram_quantiles(before, after, "actionstream_freshness_seconds", (0.5, 0.99), stage="sequence")
             rows.append((frac, lat, hq))
             pct = f"{frac:.0%}"
@@ -284,7 +304,8 @@ def freshness(ctx: Ctx, sec: Section) -> None:
             if len(lat):
                 sec.add(f"{label}: p50, in the changelog (external)", float(np.percentile(lat, 50)), "ms")
                 sec.add(f"{label}: p99, in the changelog (external)", float(np.percentile(lat, 99)), "ms")
-            sec.notes.append(f"at {pct}: {len(lat):,} of {len(run.sent):,} events found in a changelog record")
+            sec.notes.append(f"at {pct}: {len(lat):,} of {len(run.sent):,} events found in a changelog record"
+                             + _missing_note(run.user_of, found, max_len))
     finally:
         _stop(procs)
     sec.notes.append(f"max rate = one worker's end-to-end figure ({max_rate:,.0f} events/s); events carry ts = the "
