@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--users", type=int, help="users in the shared topic (default 10000; quick 300)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"),
                    help="parent dir of the report; a <UTC timestamp> subdir is created")
+    p.add_argument("--max-rate", type=float, metavar="EVENTS_PER_S",
+                   help="one worker's max rate for the freshness / realtime / api sections when section platform "
+                        "is not run (default: measure it first, ~50 s)")
     p.add_argument("--bootstrap", help="use this running broker instead of starting one (it must be idle)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (broker data, worker logs) for debugging")
     p.add_argument("--log-level", default="INFO")
@@ -98,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     with BenchEnv(partitions=8, keep=args.keep, bootstrap=args.bootstrap) as env:
         log.info("broker at %s (scratch %s)", env.bootstrap, env.tmp)
         ctx = Ctx(env=env, report=report, out_dir=out_dir, quick=args.quick, n=n, users=users)
+        if args.max_rate:
+            ctx.cache["max_rate"] = args.max_rate
+            report.params["max_rate_source"] = "given with --max-rate"
         for key, title, fn in SECTIONS:
             if key not in keys:
                 continue
