@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from streams.metrics import WorkerMetrics
@@ -83,3 +84,36 @@ def test_parse_exposition_keeps_braces_and_spaces_inside_label_values() -> None:
     assert parse_exposition(text) == {"a_total": 3.0,
                                       'h_bucket{le="0.1",route="/v1/users/{user_id}/features"}': 7.0,
                                       'g{label="with space"}': -1.5}
+
+
+def test_local_counter_and_histogram_expose_what_prometheus_clients_own_classes_do() -> None:
+    """The per-event metrics (streams.metrics.LocalCounter / LocalHistogram) give the same samples as
+    prometheus_client's Counter / Histogram for the same increments and observations (values on bucket
+    bounds included: buckets are "less or equal")."""
+    from prometheus_client import Counter, Histogram
+
+    from streams.metrics import FRESHNESS_BUCKETS, LocalCounter, LocalHistogram
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    c1, c2 = LocalCounter("x_events", "doc", ours), Counter("x_events", "doc", registry=theirs)
+    h1 = LocalHistogram("x_seconds", "doc", ["stage"], buckets=FRESHNESS_BUCKETS, registry=ours)
+    h2 = Histogram("x_seconds", "doc", ["stage"], buckets=FRESHNESS_BUCKETS, registry=theirs)
+    p1 = LocalHistogram("x_plain_seconds", "doc", buckets=(0.1, 1.0), registry=ours)
+    p2 = Histogram("x_plain_seconds", "doc", buckets=(0.1, 1.0), registry=theirs)
+    values = [0.0, 0.005, 0.0051, 0.3, 0.25, 1.0, 59.9, 60.0, 61.0, 1e9]
+    for v in values:
+        c1.inc(v), c2.inc(v)
+        for stage in ("sequence", "realtime"):
+            h1.labels(stage=stage).observe(v), h2.labels(stage=stage).observe(v)
+        p1.observe(v), p2.observe(v)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in registry.collect() for s in m.samples
+                if not s.name.endswith("_created")}
+
+    assert samples(ours) == samples(theirs)
+    assert len(samples(ours)) == 1 + 2 * (len(FRESHNESS_BUCKETS) + 3) + (2 + 3)
+    with pytest.raises(ValueError):
+        c1.inc(-1)
+    with pytest.raises(ValueError):
+        h1.observe(1.0)  # labelled: needs .labels(stage=...)
