@@ -9,10 +9,12 @@ mid-batch and the seek fix (the cause of events lost when a worker left the grou
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.types import TP
 
 from streams.app import create_app
 from streams.drain import FastDrainConsumer, SeekSafeConsumer, finish
@@ -189,68 +191,64 @@ class _Fetcher:
         self._stopped = asyncio.Event()
 
 
-async def _drain_one_batch(consumer: FastDrainConsumer, batch: list[Any], callback: Any) -> None:
-    """Drive ``_drain_messages`` over one getmany batch, then stop it (inside the test's event loop, which
-    the consumer's events must belong to: build the consumer in the same ``asyncio.run``)."""
-    calls = [0]
+TP_IN = TP("in", 0)
 
-    async def getmany(timeout: float) -> Any:
-        calls[0] += 1
-        if calls[0] > 1:
-            consumer._stopped.set()  # noqa: SLF001 - ends the loop after the batch
-            return
-        for tp, msg in batch:
-            yield tp, msg
 
-    consumer.getmany = getmany  # type: ignore[method-assign]
-    consumer.callback = callback  # type: ignore[misc]
-    consumer.resume_flow()
-    await asyncio.wait_for(consumer._drain_messages(_Fetcher()), 5)  # noqa: SLF001
+def _drain_offsets_0_to_5(tmp_path: Any, name: str, make_callback: Callable[[FastDrainConsumer], Any]) -> FastDrainConsumer:
+    """Build a fast-drain consumer and drive ``_drain_messages`` over one getmany batch of offsets 0..5 of
+    :data:`TP_IN`, handing each to ``make_callback(consumer)``; then stop it. All inside one ``asyncio.run``:
+    the consumer's events must belong to the loop that drives it."""
+
+    async def scenario() -> FastDrainConsumer:
+        consumer = _consumer(tmp_path, name)
+        calls = [0]
+
+        async def getmany(timeout: float) -> Any:
+            calls[0] += 1
+            if calls[0] > 1:
+                consumer._stopped.set()  # noqa: SLF001 - ends the loop after the batch
+                return
+            for offset in range(6):
+                yield TP_IN, _Msg(TP_IN.topic, offset)
+
+        consumer.getmany = getmany  # type: ignore[method-assign]
+        consumer.callback = make_callback(consumer)  # type: ignore[misc]
+        consumer.resume_flow()
+        await asyncio.wait_for(consumer._drain_messages(_Fetcher()), 5)  # noqa: SLF001
+        return consumer
+
+    return asyncio.run(scenario())
 
 
 def test_a_batch_stops_at_the_first_message_after_the_flow_stopped(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from faust.types import TP
-
-    tp = TP("in", 0)
     delivered: list[int] = []
 
-    async def scenario() -> FastDrainConsumer:
-        consumer = _consumer(tmp_path, "stop")
-
+    def make_callback(consumer: FastDrainConsumer) -> Any:
         async def callback(message: Any) -> None:
             delivered.append(message.offset)
             if message.offset == 2:
                 consumer.stop_flow()  # what perform_seek / a revoke does while the batch runs
+        return callback
 
-        await _drain_one_batch(consumer, [(tp, _Msg("in", o)) for o in range(6)], callback)
-        return consumer
-
-    consumer = asyncio.run(scenario())
+    consumer = _drain_offsets_0_to_5(tmp_path, "stop", make_callback)
     assert delivered == [0, 1, 2]
-    assert consumer._read_offset[tp] == 2  # noqa: SLF001 - 3.. were not read: a seek re-reads them
+    assert consumer._read_offset[TP_IN] == 2  # noqa: SLF001 - 3.. were not read: a seek re-reads them
 
 
 def test_a_handoff_cancelled_by_the_stop_is_not_marked_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from faust.types import TP
-
-    tp = TP("in", 0)
     delivered: list[int] = []
 
-    async def scenario() -> FastDrainConsumer:
-        consumer = _consumer(tmp_path, "cancel")
-
+    def make_callback(consumer: FastDrainConsumer) -> Any:
         async def callback(message: Any) -> None:
             if message.offset == 3:  # the agent's queue is full: the hand-off waits, then the flow stops
                 asyncio.get_running_loop().call_later(0.01, consumer.stop_flow)
                 await asyncio.sleep(10)
             delivered.append(message.offset)
+        return callback
 
-        await _drain_one_batch(consumer, [(tp, _Msg("in", o)) for o in range(6)], callback)
-        return consumer
-
-    consumer = asyncio.run(scenario())
+    consumer = _drain_offsets_0_to_5(tmp_path, "cancel", make_callback)
     assert delivered == [0, 1, 2]
-    assert consumer._read_offset[tp] == 2  # noqa: SLF001 - offset 3 was never delivered
+    assert consumer._read_offset[TP_IN] == 2  # noqa: SLF001 - offset 3 was never delivered
     assert consumer.handoff_waits == 1 and consumer.handoffs_abandoned == 1
 
 
