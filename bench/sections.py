@@ -439,6 +439,11 @@ def api(ctx: Ctx, sec: Section) -> None:
     if hq[0] is not None and hq[1] is not None:
         sec.add("the same, worker-side (its HTTP latency histogram, bucket-interpolated): p50", hq[0] * 1e3, "ms")
         sec.add("the same, worker-side: p99", hq[1] * 1e3, "ms")
+    lag = histogram_quantiles(before, after, "actionstream_event_loop_lag_seconds", (0.5, 0.99))
+    if lag[0] is not None and lag[1] is not None:
+        sec.add("worker event-loop lag (a 20 ms timer's late wake-up) meanwhile: p50", lag[0] * 1e3, "ms")
+        sec.add("worker event-loop lag: p99", lag[1] * 1e3, "ms",
+                note="how long a ready request can wait behind code holding the worker's loop")
     fl = np.asarray(floor.latencies_ms)
     if len(fl):
         sec.add("floor: a bare aiohttp server, same client, rate and stream: p50", float(np.percentile(fl, 50)), "ms")

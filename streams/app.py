@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from streams.agents import EventHandler
 from streams.archive import ArchiveWriter
 from streams.events import EventParser
-from streams.metrics import WorkerMetrics
+from streams.metrics import WorkerMetrics, probe_loop_lag
 from streams.outbox import Outbox
 from streams.sequence import SequenceCodec
 from streams.settings import WorkerSettings
@@ -246,6 +246,10 @@ def _install_timers(platform: Platform) -> None:
         async def _flush_on_stop(app_: Any, **kwargs: Any) -> None:
             n = archive.flush()
             log.info("archive flushed on stop (%d lines, %d total)", n, archive.lines_written)
+
+    @app.task
+    async def loop_lag_probe() -> None:
+        await probe_loop_lag(m.event_loop_lag_seconds.observe)
 
     handoff_waits_seen = [0]
 

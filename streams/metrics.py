@@ -12,17 +12,19 @@ Tests build a fresh ``CollectorRegistry()`` each time (registering a name twice 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["FRESHNESS_BUCKETS", "PREFIX", "LocalCounter", "LocalHistogram", "WorkerMetrics", "parse_exposition"]
+__all__ = ["FRESHNESS_BUCKETS", "PREFIX", "LocalCounter", "LocalHistogram", "WorkerMetrics", "parse_exposition",
+           "probe_loop_lag"]
 
 PREFIX = "actionstream_"
 # event time -> state stored: 5 ms ... 60 s
@@ -32,6 +34,9 @@ PROCESSING_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 ENCODER_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# event-loop lag (a timer's wake-up late by): 0.25 ms ... 1 s
+LOOP_LAG_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+LOOP_LAG_PROBE_INTERVAL_S = 0.02
 
 
 class LocalCounter:
@@ -153,6 +158,7 @@ class WorkerMetrics(NamedTuple):
     model_loaded: Gauge                       # {model}
     model_info: Gauge                         # {model, version}
     last_event_timestamp_seconds: Gauge
+    event_loop_lag_seconds: LocalHistogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> WorkerMetrics:
@@ -205,7 +211,23 @@ class WorkerMetrics(NamedTuple):
             last_event_timestamp_seconds=Gauge(
                 p + "last_event_timestamp_seconds", "Event time of the newest applied event, epoch seconds.",
                 registry=r),
+            event_loop_lag_seconds=LocalHistogram(
+                p + "event_loop_lag_seconds", "How late a 20 ms timer on the worker's event loop woke up: the "
+                "wait any ready HTTP request or event had behind running code.", buckets=LOOP_LAG_BUCKETS, registry=r),
         )
+
+
+async def probe_loop_lag(observe: Callable[[float], None], interval: float = LOOP_LAG_PROBE_INTERVAL_S,
+                         clock: Callable[[], float] = time.perf_counter) -> None:
+    """Forever: sleep ``interval`` on the running loop and ``observe`` how late the wake-up came (seconds).
+
+    A callback that holds the loop for B seconds (a RocksDB batch write, a long drain) delays this wake-up
+    by up to B, exactly as it delays a ready HTTP request; a loop that is never blocked observes ~0.
+    """
+    while True:
+        t = clock()
+        await asyncio.sleep(interval)
+        observe(max(0.0, clock() - t - interval))
 
 
 def parse_exposition(text: str) -> dict[str, float]:

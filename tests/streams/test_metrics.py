@@ -117,3 +117,26 @@ def test_local_counter_and_histogram_expose_what_prometheus_clients_own_classes_
         c1.inc(-1)
     with pytest.raises(ValueError):
         h1.observe(1.0)  # labelled: needs .labels(stage=...)
+
+
+def test_loop_lag_probe_sees_a_blocking_callback() -> None:
+    """A callback holding the loop for 30 ms shows up as one ~30 ms lag; an idle loop observes ~0."""
+    import asyncio
+    import time
+
+    from streams.metrics import probe_loop_lag
+
+    seen: list[float] = []
+
+    async def main() -> None:
+        probe = asyncio.ensure_future(probe_loop_lag(seen.append, interval=0.005))
+        await asyncio.sleep(0.05)
+        idle = len(seen)
+        asyncio.get_running_loop().call_soon(time.sleep, 0.03)  # blocks the loop, as a big sync write would
+        await asyncio.sleep(0.06)
+        probe.cancel()
+        assert idle >= 3
+        assert max(seen[:idle]) < 0.02
+
+    asyncio.run(main())
+    assert 0.02 <= max(seen) < 0.2
