@@ -9,13 +9,10 @@ and is awaited before every offset commit (``streams.app._install_commit_hook``)
 stop, and runs in the background when ``max_pending`` records are waiting.
 
 Table writes are batched too: the pending changelog dict of a partition IS the write buffer of its
-RocksDB file. :meth:`Outbox.flush` swaps the buffers for empty ones, writes each partition's swapped-out
-values to RocksDB in ``WriteBatch`` es of :data:`WRITE_CHUNK` records, yielding to the event loop between
-two, and sends them as changelog records (yielding every :data:`SEND_CHUNK` records). While the values are
-being written, the swapped-out dict stays readable (:attr:`Outbox.writing`): :class:`~streams.tables.SequenceStore`
-reads a user's blob from the new buffer, then from ``writing``, then from RocksDB, so a read never misses a
-value and never sees an older one. One synchronous write of 2,000 records held the loop 6-10 ms (any HTTP
-request or event waited behind it); a chunk of 256 takes ~1 ms. A user written several times between flushes costs one RocksDB write and one
+RocksDB file. :class:`~streams.tables.SequenceStore` reads a user's blob from it first, then from RocksDB;
+:meth:`Outbox.flush` writes each partition's pending values with one RocksDB ``WriteBatch`` (synchronously,
+before its first ``await``, so a read always finds a value in the buffer or in RocksDB) and sends them
+as changelog records. A user written several times between flushes costs one RocksDB write and one
 changelog record (the changelog is compacted; only the latest value per key matters). After a batch is
 acknowledged, the partition's persisted offset (Faust's ``__faust\\0offset__`` key in that RocksDB file)
 is advanced to the batch's last offset, as ``Table._on_changelog_sent`` does: every value in the batch
@@ -35,12 +32,9 @@ from typing import Any
 
 from rocksdict import WriteBatch
 
-__all__ = ["SEND_CHUNK", "WRITE_CHUNK", "Outbox"]
+__all__ = ["Outbox"]
 
 log = logging.getLogger(__name__)
-
-WRITE_CHUNK = 256  # records per RocksDB WriteBatch between two yields to the loop (~1 ms at ~1 KB each)
-SEND_CHUNK = 512  # records appended to producer batches between two yields to the loop
 
 
 class Outbox:
@@ -60,9 +54,6 @@ class Outbox:
         self.records: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
         self.unpartitioned: list[tuple[str, bytes | None, bytes]] = []
         self.pending = 0
-        # partition -> values swapped out by the running flush and not yet all in RocksDB (read them
-        # after the partition's new buffer, before RocksDB); empty between flushes
-        self.writing: dict[int, dict[bytes, bytes]] = {}
         self._flushing: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
         self.sent_batches = 0
@@ -77,14 +68,8 @@ class Outbox:
         return entry
 
     def pending_value(self, partition: int, key: bytes) -> bytes | None:
-        """The newest value of ``key`` not yet known to be in RocksDB (buffer, then the running flush)."""
         entry = self.changelog.get(partition)
-        value = None if entry is None else entry[1].get(key)
-        if value is None and self.writing:
-            kv = self.writing.get(partition)
-            if kv is not None:
-                value = kv.get(key)
-        return value
+        return None if entry is None else entry[1].get(key)
 
     def send(self, topic: str, partition: int | None, key: bytes | None, value: bytes) -> None:
         """Queue one record; ``partition=None`` lets the producer's partitioner choose (DLQ)."""
@@ -113,15 +98,14 @@ class Outbox:
             records, self.records = self.records, {}
             unpartitioned, self.unpartitioned = self.unpartitioned, []
             self.pending = 0
+            for db, kv in changelog.values():  # synchronous: no read can miss a value in between
+                if kv:
+                    wb = WriteBatch(raw_mode=True)
+                    for k, v in kv.items():
+                        wb.put(k, v)
+                    db.write(wb)
             if not (changelog or records or unpartitioned):
                 return
-            # readable until written (module docstring); set before the first yield, so no read misses a value
-            self.writing = {p: kv for p, (_, kv) in changelog.items() if kv}
-            try:
-                for db, kv in changelog.values():
-                    await self._write(db, kv)
-            finally:
-                self.writing = {}
             producer = self.app.producer._ensure_producer()  # the app's aiokafka producer
             topic = self.table.changelog_topic.get_topic_name()
             for partition, (db, kv) in changelog.items():
@@ -132,25 +116,10 @@ class Outbox:
             for t, key, value in unpartitioned:
                 await producer.send(t, value, key=key)
 
-    @staticmethod
-    async def _write(db: Any, kv: dict[bytes, bytes]) -> None:
-        """kv into RocksDB, :data:`WRITE_CHUNK` records per ``WriteBatch``, yielding between two."""
-        items = list(kv.items())
-        for lo in range(0, len(items), WRITE_CHUNK):
-            if lo:
-                await asyncio.sleep(0)
-            wb = WriteBatch(raw_mode=True)
-            for k, v in items[lo:lo + WRITE_CHUNK]:
-                wb.put(k, v)
-            db.write(wb)
-
     async def _send_batches(self, producer: Any, topic: str, partition: int, items: Any, *, db: Any = None) -> None:
         batch = producer.create_batch()
-        n = appended = 0
+        n = 0
         for key, value in items:
-            appended += 1
-            if appended % SEND_CHUNK == 0:
-                await asyncio.sleep(0)  # appending ~3 us per record: let a waiting request in
             if batch.append(key=key, value=value, timestamp=None) is None:
                 await self._submit(producer, batch, topic, partition, n, db)
                 batch = producer.create_batch()

@@ -91,21 +91,16 @@ class SequenceStore:
     def apply(self, partition: int, user_key: bytes, act: tuple[int, int, int, int, int, str]) -> bytes | None:
         """Add one action to the user's stored sequence; return the new blob, or None if unchanged.
 
-        With an outbox (the worker): reads the partition's pending buffer, then the values a running flush
-        is writing, then RocksDB; the new value goes to the buffer (RocksDB + changelog at the next flush).
-        An unchanged user is re-queued too (see the module docstring).
+        With an outbox (the worker): reads the partition's pending buffer, then RocksDB; the new value goes
+        to the buffer (RocksDB + changelog at the next flush). An unchanged user is re-queued too (see the
+        module docstring).
         """
         outbox = self.outbox
         if outbox is not None and self.is_rocksdb:
             db, pending = outbox.table_pending(partition, self._db)
             blob = pending.get(user_key)
             if blob is None:
-                if outbox.writing:  # a flush is writing the previous buffer (streams.outbox)
-                    kv = outbox.writing.get(partition)
-                    if kv is not None:
-                        blob = kv.get(user_key)
-                if blob is None:
-                    blob = db.get(user_key)
+                blob = db.get(user_key)
             new = update_blob(blob, act, max_len=self.codec.max_len, window_ms=self.codec.window_ms)
             if new is not None:
                 pending[user_key] = new
