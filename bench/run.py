@@ -78,6 +78,28 @@ def selected(args: argparse.Namespace) -> list[str]:
     return [k for k in keys if k in chosen]
 
 
+def keep_logs(scratch: Path, dest: Path, *, since: float, max_bytes: int = 2 << 20) -> int:
+    """Copy the ``*.log`` files under ``scratch`` modified since ``since`` (epoch s) to ``dest`` (the last
+    ``max_bytes`` of each): the bench deletes its scratch dir at the end, and a failed section's worker and
+    broker logs are what explain it. Returns the number of files kept."""
+    kept = 0
+    for path in sorted(scratch.rglob("*.log")):
+        try:
+            if not path.is_file() or path.stat().st_mtime < since:
+                continue
+            with path.open("rb") as fh:
+                size = fh.seek(0, 2)
+                fh.seek(max(0, size - max_bytes))
+                tail = fh.read()
+        except OSError:
+            continue
+        target = dest / "__".join(path.relative_to(scratch).parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(tail)
+        kept += 1
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # before torch loads (scoring section): idle OpenMP threads must not spin on the 2 shared cores
@@ -109,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             sec = Section(key, title)
             report.sections.append(sec)
-            t0 = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()
             log.info("section %s: %s ...", key, title)
             try:
                 fn(ctx, sec)
@@ -119,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                 log.error("section %s failed:\n%s", key, traceback.format_exc())
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 sec.unavailable = f"failed: {type(exc).__name__}: {first}"
+                kept = keep_logs(env.tmp, out_dir / f"failed-{key}", since=wall0)
+                if kept:
+                    sec.notes.append(f"the {kept} process logs written during this section are in failed-{key}/")
             sec.seconds = time.monotonic() - t0
             log.info("section %s done in %.1fs%s", key, sec.seconds,
                      f" ({sec.unavailable})" if sec.unavailable else "")
