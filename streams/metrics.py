@@ -212,8 +212,9 @@ class WorkerMetrics(NamedTuple):
                 p + "last_event_timestamp_seconds", "Event time of the newest applied event, epoch seconds.",
                 registry=r),
             event_loop_lag_seconds=LocalHistogram(
-                p + "event_loop_lag_seconds", "How late a 20 ms timer on the worker's event loop woke up: the "
-                "wait any ready HTTP request or event had behind running code.", buckets=LOOP_LAG_BUCKETS, registry=r),
+                p + "event_loop_lag_seconds", f"How late a {LOOP_LAG_PROBE_INTERVAL_S * 1e3:.0f} ms timer on the "
+                "worker's event loop woke up: the wait any ready HTTP request or event had behind running code.",
+                buckets=LOOP_LAG_BUCKETS, registry=r),
         )
 
 
