@@ -441,7 +441,9 @@ def api(ctx: Ctx, sec: Section) -> None:
         sec.add("the same, worker-side: p99", hq[1] * 1e3, "ms")
     lag = histogram_quantiles(before, after, "actionstream_event_loop_lag_seconds", (0.5, 0.99))
     if lag[0] is not None and lag[1] is not None:
-        sec.add("worker event-loop lag (a 20 ms timer's late wake-up) meanwhile: p50", lag[0] * 1e3, "ms")
+        from streams.metrics import LOOP_LAG_PROBE_INTERVAL_S
+        sec.add(f"worker event-loop lag (a {LOOP_LAG_PROBE_INTERVAL_S * 1e3:.0f} ms timer's late wake-up) meanwhile: p50",
+                lag[0] * 1e3, "ms")
         sec.add("worker event-loop lag: p99", lag[1] * 1e3, "ms",
                 note="how long a ready request can wait behind code holding the worker's loop")
     fl = np.asarray(floor.latencies_ms)
