@@ -2,9 +2,9 @@
 
 consume -> validate -> route -> sequence update in RocksDB -> changelog, measured from the outside:
 the worker(s) start on a topic already holding N events; we poll every worker's ``/metrics`` every
-50 ms and time from the first poll at which EVERY worker's ``actionstream_events_accepted_total`` is > 0
-to the first poll that sees the sum reach N, counting only the events accepted in between (start-up, group
-join and the 2-worker start-up rebalance excluded; reported separately as ``ready_s``).
+50 ms and time from the first poll at which EVERY worker has handled an event (accepted + duplicate +
+rejected > 0) to the last poll at which a counter moved, once the group has committed every input offset
+(start-up, group join and the 2-worker start-up rebalance excluded; reported separately as ``ready_s``).
 The poll interval bounds the timing error (±0.1 s over runs of 10-30 s).
 
 On a shared, loaded machine wall-clock rates swing by 2x between runs, so every run also reports
@@ -31,14 +31,22 @@ from pathlib import Path
 
 import orjson
 
-from bench.env import BenchEnv
+from bench.env import BenchEnv, topic_end_offsets
 from bench.procs import Proc, rss_bytes, start_module
 from bench.workload import Workload, make_events
 from streams.broker import free_port
 
-__all__ = ["PlatformRun", "cpu_seconds", "measure_decode_only", "measure_platform", "start_workers"]
+__all__ = ["PlatformRun", "Stalled", "committed_lag", "cpu_seconds", "measure_decode_only", "measure_platform", "start_workers"]
 
 log = logging.getLogger(__name__)
+
+
+STALL_S = 60.0  # no accepted event for this long = stalled (a normal run's longest pause, a rebalance, is < 15 s)
+STACK_DUMP_WAIT_S = 3.0
+
+
+class Stalled(RuntimeError):
+    """The workers accepted no event for ``STALL_S`` seconds; their logs hold their thread and task stacks."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class PlatformRun:
     cpu_seconds: float = 0.0
     broker_cpu_seconds: float = 0.0
     machine_busy_cores: float = 0.0  # every process on the machine, from /proc/stat
+    replayed: int = 0  # events handled more than once (after a rebalance), not counted in ``events``
 
     @property
     def events_per_cpu_s(self) -> float:
@@ -78,17 +87,35 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _accepted(port: int) -> tuple[float, float]:
-    """(accepted, rerouted) counters of one worker, from its /metrics text."""
+def _counters(port: int) -> tuple[float, float]:
+    """(handled, rerouted) of one worker, from its /metrics text: handled = accepted + duplicate + rejected,
+    each input message counted once by its outcome (a message handled again after a rebalance counts again)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:  # noqa: S310
         text = resp.read().decode()
-    acc = rer = 0.0
+    handled = rer = 0.0
     for line in text.splitlines():
-        if line.startswith("actionstream_events_accepted_total "):
-            acc = float(line.split()[1])
+        if line.startswith(("actionstream_events_accepted_total ", "actionstream_events_duplicate_total ",
+                            "actionstream_events_rejected_total{")):
+            handled += float(line.rsplit(" ", 1)[1])
         elif line.startswith("actionstream_events_rerouted_total "):
             rer = float(line.split()[1])
-    return acc, rer
+    return handled, rer
+
+
+def committed_lag(bootstrap: str, group: str, ends: dict[int, int], topic: str) -> int:
+    """Messages of ``topic`` (end offsets ``ends``) that consumer ``group`` has not committed yet."""
+    from kafka import KafkaAdminClient, TopicPartition
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-committed", request_timeout_ms=5000)
+    try:
+        committed = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    lag = 0
+    for p, end in ends.items():
+        c = committed.get(TopicPartition(topic, p))
+        lag += end - (c.offset if c is not None and c.offset >= 0 else 0)
+    return lag
 
 
 def _ready(port: int) -> bool:
@@ -113,65 +140,92 @@ def start_workers(bootstrap: str, topic: str, scratch: Path, *, workers: int, pa
     return out
 
 
-def measure_platform(env: BenchEnv, topic: str, n: int, *, workers: int = 1, timeout: float = 300.0) -> PlatformRun:
-    """Run ``workers`` worker processes over the pre-filled ``topic`` until they accepted ``n`` events.
+def measure_platform(env: BenchEnv, topic: str, n: int, *, workers: int = 1, timeout: float = 300.0,
+                     stall_s: float = STALL_S) -> PlatformRun:
+    """Run ``workers`` worker processes over the pre-filled ``topic`` (``n`` events) until they are done.
 
-    Timed from the first poll at which EVERY worker has accepted an event to the last event: with two
-    workers the first one to join takes all partitions and starts alone, then the group rebalances (both
-    pause) when the second joins. That start-up is not throughput; timing from the first worker's first
-    event made the 2-worker figure depend on how long that rebalance took (scale-out 1.45-1.88x in runs of
-    the same code). Events accepted before that moment are left out of the rate and of the CPU figures;
-    ``PlatformRun.events`` is the number counted."""
+    **Done** = the group has committed the end offset of every input partition (read from the broker), and
+    the workers' handled counters (accepted + duplicate + rejected) have reached ``n`` and stopped. The run
+    ends at the last poll at which a counter moved (the commit itself lands up to a second later). A count
+    alone is not enough: after a rebalance a worker handles again the events its partition's previous owner
+    had not committed yet, so the counters can reach ``n`` while the tail of a partition is still unread.
+
+    Timed from the first poll at which EVERY worker has handled an event: with two workers the first one to
+    join takes all partitions and starts alone, then the group rebalances (both pause) when the second joins.
+    That start-up is not throughput; timing from the first worker's first event made the 2-worker figure
+    depend on how long that rebalance took (scale-out 1.45-1.88x in runs of the same code). Events handled
+    before that moment are left out of the rate and the CPU figures. ``PlatformRun.events`` = ``n`` minus
+    those: events handled twice (``replayed``) are work, not progress, and are not counted.
+
+    Raises :class:`Stalled` when the counters stay flat for ``stall_s`` seconds before the end (from the
+    first /metrics answer): before stopping them, each worker is sent SIGUSR1 and writes its thread and
+    asyncio task stacks to its log (``<scratch>/<worker_id>-w<i>.log``, INFO level)."""
     worker_id = f"bench-platform-{uuid.uuid4().hex[:6]}"
     scratch = env.dir(worker_id)
     broker_pid = env.broker.proc.pid if env.broker is not None and env.broker.proc is not None else 0
+    ends = topic_end_offsets(env.bootstrap, topic)
+    if sum(ends.values()) != n:
+        raise RuntimeError(f"topic {topic} holds {sum(ends.values())} messages, expected {n}")
     t0 = time.monotonic()
     procs = start_workers(env.bootstrap, topic, scratch, workers=workers, partitions=env.partitions,
-                          worker_id=worker_id)
+                          worker_id=worker_id, log_level="INFO")
+
+    def usage() -> tuple[float, float, float]:
+        return (sum(cpu_seconds(p.pid) for p, _ in procs), cpu_seconds(broker_pid) if broker_pid else 0.0,
+                machine_busy_seconds())
+
     try:
         first: float | None = None
-        base = 0.0
-        ready_s = 0.0
+        handled, last_change, at_change = -1.0, t0, (0.0, 0.0, 0.0)
+        base, ready_s, next_commit_check = 0.0, 0.0, 0.0
+        at_first = (0.0, 0.0, 0.0)
         deadline = t0 + timeout
         while True:
             now = time.monotonic()
             if now > deadline:
-                raise RuntimeError(f"workers did not accept {n} events in {timeout:.0f}s:\n{procs[0][0].tail()}")
+                raise RuntimeError(f"workers did not finish {n} events in {timeout:.0f}s (handled {handled:.0f}):\n"
+                                   f"{procs[0][0].tail()}")
             for p, _ in procs:
                 if not p.alive():
                     raise RuntimeError(f"worker exited early:\n{p.tail()}")
             try:
-                counts = [_accepted(port) for _, port in procs]
+                counts = [_counters(port) for _, port in procs]
             except OSError:
                 time.sleep(0.05)
                 continue
-            accepted = sum(c[0] for c in counts)
+            total = sum(c[0] for c in counts)
+            if total != handled:
+                handled, last_change, at_change = total, now, usage()
+            elif now - last_change > stall_s:
+                for p, _ in procs:
+                    p.dump_stacks()
+                time.sleep(STACK_DUMP_WAIT_S)
+                raise Stalled(f"{workers} worker(s) handled no event for {stall_s:.0f}s (at {handled:.0f} of {n}); "
+                              f"thread and task stacks are in their logs:\n{procs[0][0].tail()}")
             if first is None and all(c[0] > 0 for c in counts):
-                first, base = now, accepted
-                ready_s = now - t0
-                cpu0 = sum(cpu_seconds(p.pid) for p, _ in procs)
-                broker0, busy0 = cpu_seconds(broker_pid) if broker_pid else 0.0, machine_busy_seconds()
-            if accepted >= n:
-                if first is None:
-                    raise RuntimeError(f"all {n} events were accepted before all {workers} workers were consuming")
-                seconds = now - first
-                cpu = sum(cpu_seconds(p.pid) for p, _ in procs) - cpu0
-                broker_cpu = cpu_seconds(broker_pid) - broker0 if broker_pid else 0.0
-                busy = (machine_busy_seconds() - busy0) / seconds if seconds > 0 else 0.0
-                rerouted = sum(c[1] for c in counts)
-                rss = rss_bytes(procs[0][0].pid)
-                break
+                first, base, ready_s, at_first = now, total, now - t0, usage()
+            if handled >= n and now - last_change >= 0.2 and now >= next_commit_check:
+                next_commit_check = now + 0.5
+                if committed_lag(env.bootstrap, worker_id, ends, topic) == 0:
+                    if first is None:
+                        raise RuntimeError(f"all {n} events were handled before all {workers} workers were consuming")
+                    seconds = last_change - first
+                    cpu, broker_cpu = at_change[0] - at_first[0], at_change[1] - at_first[1]
+                    busy = (at_change[2] - at_first[2]) / seconds if seconds > 0 else 0.0
+                    rerouted = sum(c[1] for c in counts)
+                    rss = rss_bytes(procs[0][0].pid)
+                    break
             time.sleep(0.05)
     finally:
         for p, _ in procs:
             p.stop()
-    counted = int(accepted - base)
+    counted = int(n - base)
     if counted < n / 2:
-        raise RuntimeError(f"only {counted} of {n} events were accepted after all {workers} workers were consuming: "
+        raise RuntimeError(f"only {counted} of {n} events were handled after all {workers} workers were consuming: "
                            "the topic is too small to time them together")
     return PlatformRun(events=counted, workers=workers, events_per_s=counted / seconds, seconds=seconds, ready_s=ready_s,
                        rerouted=rerouted, rss_bytes=rss, cpu_seconds=cpu, broker_cpu_seconds=broker_cpu,
-                       machine_busy_cores=busy)
+                       machine_busy_cores=busy, replayed=int(max(0.0, handled - n)))
 
 
 def measure_decode_only(env: BenchEnv, topic: str, n: int, timeout: float = 300.0) -> PlatformRun:
@@ -217,6 +271,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help="alternate the runs this many times")
     args = p.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python's connection chatter (offset checks)
     w: Workload = make_events(args.events, args.users)
     with BenchEnv(partitions=args.partitions, bootstrap=args.bootstrap) as env:
         topic = env.prefilled("platform", w)
@@ -228,7 +283,8 @@ def main() -> None:
             run = measure_platform(env, topic, w.n, workers=args.workers)
             print(f"platform:    {run.events_per_s:,.0f} events/s wall, {run.events_per_cpu_s:,.0f} events per "
                   f"CPU-second ({run.events} events, {run.workers} worker(s), {run.seconds:.1f}s; first event "
-                  f"{run.ready_s:.1f}s after start; rerouted {run.rerouted:.0f})", flush=True)
+                  f"{run.ready_s:.1f}s after start; rerouted {run.rerouted:.0f}; handled again after a rebalance "
+                  f"{run.replayed})", flush=True)
             if args.baseline:
                 print(f"ratio platform/decode-only: wall {run.events_per_s / base.events_per_s:.2f}, "
                       f"per CPU-second {run.events_per_cpu_s / base.events_per_cpu_s:.2f}", flush=True)

@@ -13,7 +13,7 @@ import orjson
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["Proc", "rss_bytes", "start_module", "wait_for_json"]
+__all__ = ["Proc", "keep_logs", "rss_bytes", "start_module", "wait_for_json"]
 
 
 class Proc:
@@ -49,6 +49,17 @@ class Proc:
             except ProcessLookupError:
                 pass
             self.popen.wait(10)
+
+    def dump_stacks(self) -> bool:
+        """Ask the process for its thread and asyncio task stacks (SIGUSR1: a Faust/mode worker writes them,
+        with every loop's tasks, to its log). False if it is gone."""
+        if self.popen.poll() is not None:
+            return False
+        try:
+            os.kill(self.popen.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            return False
+        return True
 
     def tail(self, n: int = 30) -> str:
         try:
@@ -87,3 +98,25 @@ def rss_bytes(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def keep_logs(scratch: Path, dest: Path, *, since: float, max_bytes: int = 2 << 20) -> int:
+    """Copy the ``*.log`` files under ``scratch`` modified since ``since`` (epoch s) to ``dest`` (the last
+    ``max_bytes`` of each): the bench deletes its scratch dir at the end, and a failed section's worker and
+    broker logs are what explain it. Returns the number of files kept."""
+    kept = 0
+    for path in sorted(scratch.rglob("*.log")):
+        try:
+            if not path.is_file() or path.stat().st_mtime < since:
+                continue
+            with path.open("rb") as fh:
+                size = fh.seek(0, 2)
+                fh.seek(max(0, size - max_bytes))
+                tail = fh.read()
+        except OSError:
+            continue
+        target = dest / "__".join(path.relative_to(scratch).parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(tail)
+        kept += 1
+    return kept

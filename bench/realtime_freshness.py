@@ -37,6 +37,11 @@ from streams.metrics import parse_exposition
 log = logging.getLogger(__name__)
 
 
+def _handled(m: dict[str, float]) -> float:
+    """Events the worker is done with: applied (accepted) or valid but changing nothing (duplicate)."""
+    return m.get("actionstream_events_accepted_total", 0.0) + m.get("actionstream_events_duplicate_total", 0.0)
+
+
 def scrape(port: int) -> dict[str, float]:
     return parse_exposition(metrics_text(port, timeout=5))
 
@@ -97,7 +102,7 @@ def drain(env: BenchEnv, topic: str, n: int, scratch: Path, name: str, extra_env
             except OSError:
                 time.sleep(0.05)
                 continue
-            accepted = m.get("actionstream_events_accepted_total", 0.0)
+            accepted = _handled(m)
             now = time.monotonic()
             if first is None and accepted > 0:
                 first = now
@@ -141,7 +146,7 @@ def live(env: BenchEnv, scratch: Path, users: int, rate: float, seconds: float, 
             time.sleep(0.002)
         producer.flush(30)
         deadline = time.monotonic() + 60
-        while scrape(port).get("actionstream_events_accepted_total", 0.0) < sent and time.monotonic() < deadline:
+        while _handled(scrape(port)) < sent and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1.0)
         m = scrape(port)

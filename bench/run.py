@@ -34,6 +34,7 @@ import traceback
 from pathlib import Path
 
 from bench.env import BenchEnv
+from bench.procs import keep_logs
 from bench.report import Report, Section
 from bench.sections import SECTIONS, Ctx, Unavailable
 
@@ -76,28 +77,6 @@ def selected(args: argparse.Namespace) -> list[str]:
     if args.skip:
         chosen -= set(args.skip.split(","))
     return [k for k in keys if k in chosen]
-
-
-def keep_logs(scratch: Path, dest: Path, *, since: float, max_bytes: int = 2 << 20) -> int:
-    """Copy the ``*.log`` files under ``scratch`` modified since ``since`` (epoch s) to ``dest`` (the last
-    ``max_bytes`` of each): the bench deletes its scratch dir at the end, and a failed section's worker and
-    broker logs are what explain it. Returns the number of files kept."""
-    kept = 0
-    for path in sorted(scratch.rglob("*.log")):
-        try:
-            if not path.is_file() or path.stat().st_mtime < since:
-                continue
-            with path.open("rb") as fh:
-                size = fh.seek(0, 2)
-                fh.seek(max(0, size - max_bytes))
-                tail = fh.read()
-        except OSError:
-            continue
-        target = dest / "__".join(path.relative_to(scratch).parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(tail)
-        kept += 1
-    return kept
 
 
 def main(argv: list[str] | None = None) -> int:

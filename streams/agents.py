@@ -146,12 +146,12 @@ class EventHandler:
         act = self.codec.to_act(event)
         new = self.store.apply(partition, user_key, act)
         stored_at = time.time()
-        self._accepted.inc()
         if self.archive is not None:
             self.archive.append(encode_event(event), event.ts, partition)
-        if new is None:
+        if new is None:  # counted once, as duplicate: accepted + duplicate + rejected = events handled
             self._duplicate.inc()
             return "duplicate"
+        self._accepted.inc()
         self._freshness.observe(max(0.0, stored_at - event.ts / 1000))
         if self.dirty is not None:
             self.dirty.setdefault(user_key, event.ts)

@@ -67,7 +67,7 @@ def test_keep_logs_copies_recent_log_tails(tmp_path: Path) -> None:
     import os
     import time
 
-    from bench.run import keep_logs
+    from bench.procs import keep_logs
 
     scratch = tmp_path / "scratch"
     (scratch / "bench-abc").mkdir(parents=True)
