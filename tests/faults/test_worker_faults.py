@@ -1,4 +1,5 @@
-"""Worker faults against the real broker: kill -9 mid-stream, RocksDB dir deleted, 1 → 2 → 1 workers.
+"""Worker faults against the real broker: kill -9 mid-stream, RocksDB dir deleted, 1 → 2 → 1 workers, two workers
+starting together on a backlog.
 
 Each scenario runs a stream through real `actionstream worker` subprocesses and then compares every
 user's stored sequence (changelog and API) with the offline rebuild of all accepted events: lost,
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from streams.events import encode_event
-from tests.faults.helpers import assert_zero, check_state, uid, wait_accepted_at_least
+from tests.faults.helpers import accepted, assert_zero, check_state, uid, wait_accepted_at_least
 from tests.streams.harness import WorkerProc, create_topics, event_keys, expected_state, make_events, produce
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults, pytest.mark.timeout(600)]
@@ -100,4 +101,27 @@ def test_scale_1_2_1(kafka, tmp_path: Path) -> None:
     finally:
         w2.stop()
         w1.stop()
+    assert_zero(*counts)
+
+
+def test_two_workers_start_together_on_a_backlog(kafka, tmp_path: Path) -> None:
+    """A new group of two workers over a topic that already holds a backlog (a first deployment, or the
+    benchmark's scale-out run): the first to join takes every partition and starts reading, the second joins
+    a moment later and the group rebalances before any offset was committed. The partitions that move are
+    read again from the start by their new owner, the ones that stay by their old one: nothing may be lost."""
+    name = "two-workers-cold-backlog"
+    topic, dlq, group = _setup(kafka.bootstrap, tmp_path, name)
+    events = make_events(N_EVENTS, N_USERS, seed=13, prefix="b")
+    produce(kafka.bootstrap, topic, [encode_event(e) for e in events], keys=event_keys(events))
+    w1 = _worker(kafka.bootstrap, tmp_path, topic, dlq, group, "w1").start()
+    w2 = _worker(kafka.bootstrap, tmp_path, topic, dlq, group, "w2").start()
+    try:
+        w1.wait_ready(90)
+        w2.wait_ready(90)
+        counts = check_state(name, kafka.bootstrap, w1.changelog_topic, expected_state(events), w1)
+        shared = [accepted(w1), accepted(w2)]
+    finally:
+        w2.stop()
+        w1.stop()
+    assert all(shared), f"one worker applied nothing ({shared}): the group never shared the backlog"
     assert_zero(*counts)
