@@ -9,6 +9,7 @@ mid-batch and the seek fix (the cause of events lost when a worker left the grou
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
 from streams.app import create_app
-from streams.drain import FastDrainConsumer, SeekSafeConsumer, finish
+from streams.drain import HELD_BACK_FETCH_WAIT_S, FastDrainConsumer, SeekSafeConsumer, finish
 from streams.settings import WorkerSettings
 
 
@@ -265,3 +266,52 @@ def test_perform_seek_stops_the_flow_before_it_seeks(tmp_path) -> None:  # type:
     asyncio.run(consumer.perform_seek())
     assert seen == [False]  # no record is handed over while the seek moves the read offsets back
     assert not consumer.flow_active  # recovery resumes it after the seek, as before
+
+
+TP_QUIET = TP("quiet", 0)  # a partition that stays active and has no records (the reroute / daily topics)
+
+
+def _fetch_timeouts(tmp_path: Any, name: str, hold_back: set[TP], active: set[TP]) -> tuple[list[float], float]:
+    """``_wait_next_records(1.0)`` on a fast-drain consumer whose ``active`` partitions are assigned and whose
+    ``hold_back`` ones were taken out of the fetch by a full agent buffer; the partitions come back 20 ms
+    later. Returns the timeouts handed to the (stubbed) fetch and the seconds the call took."""
+
+    async def scenario() -> tuple[list[float], float]:
+        consumer = _consumer(tmp_path, name)
+        consumer.resume_flow()
+        consumer._set_active_tps(active)  # noqa: SLF001
+        for tp in hold_back:
+            consumer.on_buffer_full(tp)
+        timeouts: list[float] = []
+
+        async def _getmany(active_partitions: Any, timeout: float) -> dict[Any, Any]:
+            timeouts.append(timeout)
+            return {}
+
+        consumer._getmany = _getmany  # type: ignore[method-assign]  # noqa: SLF001
+        for tp in hold_back:
+            asyncio.get_running_loop().call_later(0.02, consumer.on_buffer_drop, tp)
+        t0 = time.monotonic()
+        await consumer._wait_next_records(1.0)  # noqa: SLF001
+        return timeouts, time.monotonic() - t0
+
+    return asyncio.run(scenario())
+
+
+def test_the_fetch_waits_briefly_while_a_partition_is_held_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Faust's fetch waits up to 1 s for records of the partitions still active; with the input partition
+    held back for back-pressure, that second is what the agent spent idle after its buffer drained."""
+    timeouts, _ = _fetch_timeouts(tmp_path, "held", hold_back={TP_IN}, active={TP_IN, TP_QUIET})
+    assert timeouts == [HELD_BACK_FETCH_WAIT_S]
+
+
+def test_the_fetch_wait_is_fausts_when_nothing_is_held_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    timeouts, _ = _fetch_timeouts(tmp_path, "free", hold_back=set(), active={TP_IN, TP_QUIET})
+    assert timeouts == [1.0]
+
+
+def test_with_every_partition_held_back_the_fetch_resumes_when_one_comes_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Faust sleeps a whole second when no partition is active; here the wait ends at ``on_buffer_drop``."""
+    timeouts, took = _fetch_timeouts(tmp_path, "all", hold_back={TP_IN}, active={TP_IN})
+    assert timeouts == []  # nothing to fetch from while none is active
+    assert took < 0.5
