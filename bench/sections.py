@@ -223,8 +223,8 @@ def platform(ctx: Ctx, sec: Section) -> None:
                          "was waiting for a core")
     if two.replayed:
         sec.notes.append(f"two workers: {two.replayed:,} events were handled a second time after the start-up "
-                         "rebalance (read by the first worker, not yet committed when the second took the partition); "
-                         "they are work done, not counted as events")
+                         "rebalance (read before it but not yet committed: every partition restarts from its committed "
+                         "offset, on its new owner or its old one); they are work done, not counted as events")
     sec.notes.append(f"{w.n:,} pre-filled events, {w.users:,} users; timed from the first poll at which every worker "
                      "had handled an event (two workers: after the group's start-up rebalance; "
                      f"{two.events:,} events counted) to the last, once the group had committed every input offset "
