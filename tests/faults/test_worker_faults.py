@@ -107,8 +107,9 @@ def test_scale_1_2_1(kafka, tmp_path: Path) -> None:
 def test_two_workers_start_together_on_a_backlog(kafka, tmp_path: Path) -> None:
     """A new group of two workers over a topic that already holds a backlog (a first deployment, or the
     benchmark's scale-out run): the first to join takes every partition and starts reading, the second joins
-    a moment later and the group rebalances before any offset was committed. The partitions that move are
-    read again from the start by their new owner, the ones that stay by their old one: nothing may be lost."""
+    a moment later and the group rebalances while most of what the first one read is not committed yet (often
+    nothing is). Every partition restarts from its committed offset, or from the start, on its new owner or
+    its old one: events are handled twice, never lost."""
     name = "two-workers-cold-backlog"
     topic, dlq, group = _setup(kafka.bootstrap, tmp_path, name)
     events = make_events(N_EVENTS, N_USERS, seed=13, prefix="b")
