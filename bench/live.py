@@ -55,6 +55,13 @@ def metric(samples: dict[str, float], name: str, **labels: str) -> float:
     return total
 
 
+def handled(samples: dict[str, float]) -> float:
+    """Input events a worker is done with, each counted once by its outcome: applied (accepted), valid but
+    changing nothing (duplicate, or too old for a full sequence), or rejected to the dead-letter topic."""
+    return (metric(samples, "actionstream_events_accepted_total") + metric(samples, "actionstream_events_duplicate_total")
+            + metric(samples, "actionstream_events_rejected_total"))
+
+
 def histogram_quantiles(before: dict[str, float], after: dict[str, float], name: str,
                         qs: Sequence[float], **labels: str) -> list[float | None]:
     """Quantiles (seconds) of the observations between two scrapes, interpolated inside buckets (the same

@@ -32,6 +32,7 @@ from pathlib import Path
 import orjson
 
 from bench.env import BenchEnv, topic_end_offsets
+from bench.live import handled, metric, scrape
 from bench.procs import Proc, rss_bytes, start_module
 from bench.workload import Workload, make_events
 from streams.broker import free_port
@@ -41,12 +42,12 @@ __all__ = ["PlatformRun", "Stalled", "committed_lag", "cpu_seconds", "measure_de
 log = logging.getLogger(__name__)
 
 
-STALL_S = 60.0  # no accepted event for this long = stalled (a normal run's longest pause, a rebalance, is < 15 s)
+STALL_S = 60.0  # no event handled for this long = stalled (a normal run's longest pause, a rebalance, is < 15 s)
 STACK_DUMP_WAIT_S = 3.0
 
 
 class Stalled(RuntimeError):
-    """The workers accepted no event for ``STALL_S`` seconds; their logs hold their thread and task stacks."""
+    """The workers handled no event for ``STALL_S`` seconds; their logs hold their thread and task stacks."""
 
 
 @dataclass(frozen=True)
@@ -88,18 +89,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _counters(port: int) -> tuple[float, float]:
-    """(handled, rerouted) of one worker, from its /metrics text: handled = accepted + duplicate + rejected,
-    each input message counted once by its outcome (a message handled again after a rebalance counts again)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:  # noqa: S310
-        text = resp.read().decode()
-    handled = rer = 0.0
-    for line in text.splitlines():
-        if line.startswith(("actionstream_events_accepted_total ", "actionstream_events_duplicate_total ",
-                            "actionstream_events_rejected_total{")):
-            handled += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("actionstream_events_rerouted_total "):
-            rer = float(line.split()[1])
-    return handled, rer
+    """(handled, rerouted) of one worker, from its /metrics: handled as :func:`bench.live.handled` (each
+    input message counted once by its outcome; a message handled again after a rebalance counts again)."""
+    samples = scrape(port)
+    return handled(samples), metric(samples, "actionstream_events_rerouted_total")
 
 
 def committed_lag(bootstrap: str, group: str, ends: dict[int, int], topic: str) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import BenchEnv
-from bench.live import metrics_text, wait_ready
+from bench.live import handled, metrics_text, wait_ready
 from bench.procs import Proc, start_module
 from bench.workload import make_events
 from streams.broker import free_port
@@ -35,11 +35,6 @@ from streams.events import Event, encode_event, now_ms
 from streams.metrics import parse_exposition
 
 log = logging.getLogger(__name__)
-
-
-def _handled(m: dict[str, float]) -> float:
-    """Events the worker is done with: applied (accepted) or valid but changing nothing (duplicate)."""
-    return m.get("actionstream_events_accepted_total", 0.0) + m.get("actionstream_events_duplicate_total", 0.0)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -102,7 +97,7 @@ def drain(env: BenchEnv, topic: str, n: int, scratch: Path, name: str, extra_env
             except OSError:
                 time.sleep(0.05)
                 continue
-            accepted = _handled(m)
+            accepted = handled(m)
             now = time.monotonic()
             if first is None and accepted > 0:
                 first = now
@@ -146,7 +141,7 @@ def live(env: BenchEnv, scratch: Path, users: int, rate: float, seconds: float, 
             time.sleep(0.002)
         producer.flush(30)
         deadline = time.monotonic() + 60
-        while _handled(scrape(port)) < sent and time.monotonic() < deadline:
+        while handled(scrape(port)) < sent and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1.0)
         m = scrape(port)

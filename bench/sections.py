@@ -334,9 +334,9 @@ def freshness(ctx: Ctx, sec: Section) -> None:
 
 def _wait_handled(port: int, n: int, timeout: float) -> float:
     """Wait until the worker is done with ``n`` input events; returns the seconds it took."""
-    from bench.live import scrape
+    from bench.live import handled, scrape
     t0 = time.monotonic()
-    while _handled(scrape(port)) < n:
+    while handled(scrape(port)) < n:
         if time.monotonic() - t0 > timeout:
             raise RuntimeError(f"the worker did not process {n} events within {timeout:.0f}s of the phase end")
         time.sleep(0.1)
@@ -484,7 +484,7 @@ def _filled(ctx: Ctx) -> dict[str, Any]:
     """A worker group that processed users × ~110 uniform events (every user at the 100-action cap)."""
     if "filled" in ctx.cache:
         return ctx.cache["filled"]  # type: ignore[no-any-return]
-    from bench.live import metric, scrape, wait_ready
+    from bench.live import handled, metric, scrape, wait_ready
     users = 50 if ctx.quick else 1000
     w = make_events(users * 110, users, seed=11, uniform_users=True, span_s=3600)
     topic = ctx.env.prefilled("bench-full", w)
@@ -494,7 +494,7 @@ def _filled(ctx: Ctx) -> dict[str, Any]:
         port = procs[0][1]
         deadline = time.monotonic() + 60 + w.n / 300
         while True:
-            if _handled(scrape(port)) >= w.n:
+            if handled(scrape(port)) >= w.n:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"worker did not accept {w.n} events in time:\n{procs[0][0].tail()}")
@@ -508,14 +508,6 @@ def _filled(ctx: Ctx) -> dict[str, Any]:
            "rss": rss, "keys": keys, "user_ids": sorted({k.decode() for k in w.keys})}
     ctx.cache["filled"] = out
     return out
-
-
-def _handled(samples: dict[str, float]) -> float:
-    """Input events the worker is done with: applied, or valid but changing nothing (too old for a full
-    sequence, duplicate), or rejected."""
-    from bench.live import metric
-    return (metric(samples, "actionstream_events_accepted_total") + metric(samples, "actionstream_events_duplicate_total")
-            + metric(samples, "actionstream_events_rejected_total"))
 
 
 def _dir_bytes(path: Path) -> int:

@@ -132,7 +132,6 @@ class FastDrainConsumer(SeekSafeConsumer):
 
     handoff_waits = 0
     handoffs_abandoned = 0
-    idle_fetch_waits = 0  # times no partition was active and the fetch waited for one to come back
     _reactivated: asyncio.Event | None = None
 
     def _wake_fetch(self) -> None:
@@ -162,7 +161,6 @@ class FastDrainConsumer(SeekSafeConsumer):
         second), the fetch waits for the first one to come back (:meth:`on_buffer_drop`)."""
         if self.flow_active and self._buffered_partitions and not self.app.client_only:
             if not self._get_active_partitions():
-                self.idle_fetch_waits += 1
                 if self._reactivated is None:
                     self._reactivated = asyncio.Event()
                 self._reactivated.clear()
