@@ -100,7 +100,9 @@ class SequenceStore:
             db, pending = outbox.table_pending(partition, self._db)
             blob = pending.get(user_key)
             if blob is None:
-                blob = db.get(user_key)
+                blob = outbox.pending_value(partition, user_key) if outbox.writing else None
+                if blob is None:
+                    blob = db.get(user_key)
             new = update_blob(blob, act, max_len=self.codec.max_len, window_ms=self.codec.window_ms)
             if new is not None:
                 pending[user_key] = new
