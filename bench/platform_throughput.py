@@ -30,14 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from kafka import KafkaAdminClient, TopicPartition
 
 from bench.env import BenchEnv, topic_end_offsets
 from bench.live import handled, metric, scrape
 from bench.procs import Proc, rss_bytes, start_module
 from bench.workload import Workload, make_events
 from streams.broker import free_port
+from streams.topics import uncommitted
 
-__all__ = ["PlatformRun", "Stalled", "committed_lag", "cpu_seconds", "measure_decode_only", "measure_platform", "start_workers"]
+__all__ = ["PlatformRun", "Stalled", "cpu_seconds", "measure_decode_only", "measure_platform", "start_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -93,22 +95,6 @@ def _counters(port: int) -> tuple[float, float]:
     input message counted once by its outcome; a message handled again after a rebalance counts again)."""
     samples = scrape(port)
     return handled(samples), metric(samples, "actionstream_events_rerouted_total")
-
-
-def committed_lag(bootstrap: str, group: str, ends: dict[int, int], topic: str) -> int:
-    """Messages of ``topic`` (end offsets ``ends``) that consumer ``group`` has not committed yet."""
-    from kafka import KafkaAdminClient, TopicPartition
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-committed", request_timeout_ms=5000)
-    try:
-        committed = admin.list_group_offsets({group: None}).get(group, {})
-    finally:
-        admin.close()
-    lag = 0
-    for p, end in ends.items():
-        c = committed.get(TopicPartition(topic, p))
-        lag += end - (c.offset if c is not None and c.offset >= 0 else 0)
-    return lag
 
 
 def _ready(port: int) -> bool:
@@ -167,6 +153,7 @@ def measure_platform(env: BenchEnv, topic: str, n: int, *, workers: int = 1, tim
         return (sum(cpu_seconds(p.pid) for p, _ in procs), cpu_seconds(broker_pid) if broker_pid else 0.0,
                 machine_busy_seconds())
 
+    admin: KafkaAdminClient | None = None  # opened at the first committed-offsets check
     try:
         first: float | None = None
         handled, last_change, at_change = -1.0, t0, (0.0, 0.0, 0.0)
@@ -199,7 +186,10 @@ def measure_platform(env: BenchEnv, topic: str, n: int, *, workers: int = 1, tim
                 first, base, ready_s, at_first = now, total, now - t0, usage()
             if handled >= n and now - last_change >= 0.2 and now >= next_commit_check:
                 next_commit_check = now + 0.5
-                if committed_lag(env.bootstrap, worker_id, ends, topic) == 0:
+                if admin is None:
+                    admin = KafkaAdminClient(bootstrap_servers=env.bootstrap, client_id="bench-committed",
+                                             request_timeout_ms=5000)
+                if uncommitted(admin, worker_id, {TopicPartition(topic, p): end for p, end in ends.items()}) == 0:
                     if first is None:
                         raise RuntimeError(f"all {n} events were handled before all {workers} workers were consuming")
                     seconds = last_change - first
@@ -212,6 +202,8 @@ def measure_platform(env: BenchEnv, topic: str, n: int, *, workers: int = 1, tim
     finally:
         for p, _ in procs:
             p.stop()
+        if admin is not None:
+            admin.close()
     counted = int(n - base)
     if counted < n / 2:
         raise RuntimeError(f"only {counted} of {n} events were handled after all {workers} workers were consuming: "

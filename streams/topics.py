@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError
 
 from streams.errors import BrokerError, ConfigError
 from streams.settings import KafkaSettings
 
-__all__ = ["TopicInfo", "TopicSpec", "describe_topics", "ensure_topics", "platform_topics"]
+__all__ = ["TopicInfo", "TopicSpec", "describe_topics", "ensure_topics", "platform_topics", "uncommitted"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,17 @@ def platform_topics(settings: KafkaSettings, partitions: int | None = None) -> l
             TopicSpec(settings.topic_dlq, "dead letters", n),
             TopicSpec(settings.topic_embeddings, "daily embeddings (compacted, key = user_id)", n,
                       {"cleanup.policy": "compact"})]
+
+
+def uncommitted(admin: KafkaAdminClient, group: str, ends: Mapping[TopicPartition, int]) -> int:
+    """Messages consumer ``group`` has not committed: per partition of ``ends`` (end offsets), the end offset
+    minus the group's committed offset (0 where it committed nothing), summed."""
+    committed = admin.list_group_offsets({group: None}).get(group, {})
+    lag = 0
+    for tp, end in ends.items():
+        c = committed.get(tp)
+        lag += end - (c.offset if c is not None and c.offset >= 0 else 0)
+    return lag
 
 
 def admin_client(settings: KafkaSettings, timeout_ms: int = 15_000) -> KafkaAdminClient:

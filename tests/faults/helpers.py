@@ -111,18 +111,13 @@ def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> int:
     """Messages of ``topics`` not yet committed by consumer ``group`` (end offset − committed offset)."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+    from streams.topics import uncommitted
+
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="faults-lag")
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
-        committed = admin.list_group_offsets({group: None}).get(group, {})
-        lag = 0
-        for topic in topics:
-            parts = consumer.partitions_for_topic(topic) or set()
-            ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-            for tp, end in ends.items():
-                c = committed.get(tp)
-                lag += end - (c.offset if c is not None and c.offset >= 0 else 0)
-        return lag
+        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or set()]
+        return uncommitted(admin, group, consumer.end_offsets(tps))
     finally:
         consumer.close()
         admin.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ from kafka import KafkaAdminClient
 from streams.cli import main
 from streams.errors import ConfigError
 from streams.settings import KafkaSettings
-from streams.topics import describe_topics, ensure_topics
+from streams.topics import describe_topics, ensure_topics, uncommitted
 
 pytestmark = pytest.mark.kafka
 
@@ -75,3 +76,43 @@ def test_cli_describe_then_create(kafka: Any, unique_topic: Callable[[str], str]
     assert out.count("3 partitions, replication factor 1 [created]") == 3 and "cleanup.policy=compact" in out
     assert main(["topics", "create", "--bootstrap", kafka.bootstrap, "--partitions", "4"]) == 2
     assert "has 3 partitions" in capsys.readouterr().err
+
+
+def test_uncommitted_counts_end_minus_committed_and_everything_without_a_commit(
+        kafka: Any, unique_topic: Callable[[str], str], unique_group: Callable[[], str]) -> None:
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import NewTopic
+    from kafka.errors import CoordinatorNotAvailableError
+    from kafka.structs import OffsetAndMetadata
+
+    topic, group = unique_topic("lag"), unique_group()
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        admin.create_topics([NewTopic(topic, 2, 1)])
+        for k in range(5):
+            producer.send(topic, b"x", partition=0)
+        for k in range(3):
+            producer.send(topic, b"x", partition=1)
+        producer.flush()
+        tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+        ends = consumer.end_offsets([tp0, tp1])
+        deadline = time.monotonic() + 30  # a fresh broker creates __consumer_offsets on the first group lookup
+        while True:
+            try:
+                assert uncommitted(admin, group, ends) == 8  # nothing committed: the whole topic
+                break
+            except CoordinatorNotAvailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        consumer.assign([tp0, tp1])
+        consumer.commit({tp0: OffsetAndMetadata(4, "", -1)})
+        assert uncommitted(admin, group, ends) == 1 + 3
+        consumer.commit({tp0: OffsetAndMetadata(5, "", -1), tp1: OffsetAndMetadata(3, "", -1)})
+        assert uncommitted(admin, group, ends) == 0
+    finally:
+        consumer.close()
+        producer.close()
+        admin.close()
