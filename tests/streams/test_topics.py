@@ -91,9 +91,9 @@ def test_uncommitted_counts_end_minus_committed_and_everything_without_a_commit(
     consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group, enable_auto_commit=False)
     try:
         admin.create_topics([NewTopic(topic, 2, 1)])
-        for k in range(5):
+        for _ in range(5):
             producer.send(topic, b"x", partition=0)
-        for k in range(3):
+        for _ in range(3):
             producer.send(topic, b"x", partition=1)
         producer.flush()
         tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
