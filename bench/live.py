@@ -28,19 +28,28 @@ from streams.events import now_ms
 from streams.metrics import parse_exposition
 from streams.sequence import _HEADER, _HS, _REC, event_key
 
-__all__ = ["HttpLoad", "PacedRun", "changelog_freshness", "histogram_quantiles", "metrics_text", "paced_produce",
+__all__ = ["HANDLED_COUNTERS", "HttpLoad", "PacedRun", "changelog_freshness", "histogram_quantiles", "metrics_text", "paced_produce",
            "scrape", "wait_ready"]
 
 
 
-def metrics_text(port: int, timeout: float = 2.0) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:  # noqa: S310
+# The counters behind :func:`handled`, plus rerouted: what a throughput poll needs. Asking the worker for these
+# alone (``/metrics?name[]=...``) costs it ~0.3 ms per poll instead of ~2.5 ms for the whole ~16 KB text: at
+# 20 polls/s per worker, the whole text took ~5% of a worker's core away from the run being measured.
+HANDLED_COUNTERS = ("actionstream_events_accepted_total", "actionstream_events_duplicate_total",
+                    "actionstream_events_rejected_total")
+
+
+def metrics_text(port: int, timeout: float = 2.0, names: Sequence[str] = ()) -> str:
+    """One worker's /metrics text; with ``names``, only those samples' metrics (``?name[]=``)."""
+    query = "?" + "&".join(f"name[]={n}" for n in names) if names else ""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}", timeout=timeout) as resp:  # noqa: S310
         return resp.read().decode()
 
 
-def scrape(port: int) -> dict[str, float]:
-    """``{'name{labels}': value}`` of one worker's /metrics."""
-    return parse_exposition(metrics_text(port))
+def scrape(port: int, names: Sequence[str] = ()) -> dict[str, float]:
+    """``{'name{labels}': value}`` of one worker's /metrics (only ``names`` when given)."""
+    return parse_exposition(metrics_text(port, names=names))
 
 
 def metric(samples: dict[str, float], name: str, **labels: str) -> float:
@@ -58,8 +67,7 @@ def metric(samples: dict[str, float], name: str, **labels: str) -> float:
 def handled(samples: dict[str, float]) -> float:
     """Input events a worker is done with, each counted once by its outcome: applied (accepted), valid but
     changing nothing (duplicate, or too old for a full sequence), or rejected to the dead-letter topic."""
-    return (metric(samples, "actionstream_events_accepted_total") + metric(samples, "actionstream_events_duplicate_total")
-            + metric(samples, "actionstream_events_rejected_total"))
+    return sum(metric(samples, name) for name in HANDLED_COUNTERS)
 
 
 def histogram_quantiles(before: dict[str, float], after: dict[str, float], name: str,

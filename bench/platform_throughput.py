@@ -33,7 +33,7 @@ import orjson
 from kafka import KafkaAdminClient, TopicPartition
 
 from bench.env import BenchEnv, topic_end_offsets
-from bench.live import handled, metric, scrape
+from bench.live import HANDLED_COUNTERS, handled, metric, scrape
 from bench.procs import Proc, rss_bytes, start_module
 from bench.workload import Workload, make_events
 from streams.broker import free_port
@@ -93,7 +93,7 @@ def cpu_seconds(pid: int) -> float:
 def _counters(port: int) -> tuple[float, float]:
     """(handled, rerouted) of one worker, from its /metrics: handled as :func:`bench.live.handled` (each
     input message counted once by its outcome; a message handled again after a rebalance counts again)."""
-    samples = scrape(port)
+    samples = scrape(port, (*HANDLED_COUNTERS, "actionstream_events_rerouted_total"))
     return handled(samples), metric(samples, "actionstream_events_rerouted_total")
 
 

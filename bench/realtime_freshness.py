@@ -23,11 +23,12 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.env import BenchEnv
-from bench.live import handled, metrics_text, wait_ready
+from bench.live import HANDLED_COUNTERS, handled, metrics_text, wait_ready
 from bench.procs import Proc, start_module
 from bench.workload import make_events
 from streams.broker import free_port
@@ -37,8 +38,8 @@ from streams.metrics import parse_exposition
 log = logging.getLogger(__name__)
 
 
-def scrape(port: int) -> dict[str, float]:
-    return parse_exposition(metrics_text(port, timeout=5))
+def scrape(port: int, names: Sequence[str] = ()) -> dict[str, float]:
+    return parse_exposition(metrics_text(port, timeout=5, names=names))
 
 
 def quantile(metrics: dict[str, float], name: str, stage: str, q: float) -> float | None:
@@ -93,7 +94,7 @@ def drain(env: BenchEnv, topic: str, n: int, scratch: Path, name: str, extra_env
             if not proc.alive():
                 raise RuntimeError(f"worker exited:\n{proc.tail()}")
             try:
-                m = scrape(port)
+                m = scrape(port, HANDLED_COUNTERS)
             except OSError:
                 time.sleep(0.05)
                 continue
@@ -141,7 +142,7 @@ def live(env: BenchEnv, scratch: Path, users: int, rate: float, seconds: float, 
             time.sleep(0.002)
         producer.flush(30)
         deadline = time.monotonic() + 60
-        while handled(scrape(port)) < sent and time.monotonic() < deadline:
+        while handled(scrape(port, HANDLED_COUNTERS)) < sent and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1.0)
         m = scrape(port)

@@ -48,7 +48,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aiohttp
 import numpy as np
@@ -448,10 +448,14 @@ def register_api(platform: ApiPlatform) -> None:
 
     @app.page("/metrics", name="metrics")
     class MetricsView(View):
-        """Prometheus text exposition of the worker's registry."""
+        """Prometheus text exposition of the worker's registry; ``?name[]=<sample name>`` (repeatable) keeps
+        only those metrics, as prometheus_client's own exporter does (a poll of a few counters then costs a
+        fraction of the whole ~16 KB text)."""
 
         async def get(self, request: Request) -> web.Response:
-            out = web.Response(body=generate_latest(platform.registry))
+            names = cast(Any, request.query).getall("name[]", [])  # aiohttp's MultiDict under Faust's Mapping type
+            registry = platform.registry.restricted_registry(names) if names else platform.registry
+            out = web.Response(body=generate_latest(registry))
             out.headers["Content-Type"] = CONTENT_TYPE_LATEST
             return out
 

@@ -233,6 +233,16 @@ def test_metrics_expose_http_latency_by_route_method_status(solo: Solo) -> None:
     assert m[f'{h}_count{{method="GET",route="unmatched",status="404"}}'] >= 1
     assert m[f'{h}_count{{method="GET",route="/readyz",status="503"}}'] >= 1  # seen while starting
     assert not any("u1" in name for name in m)  # no user ids in labels
+    # ?name[]= keeps only the named samples' metrics (prometheus_client's exporter convention)
+    some = call(solo.worker.url + f"/metrics?name[]={h}_count&name[]=actionstream_events_consumed_total")
+    assert some.status == 200
+    kept = parse_metrics(some.body.decode())
+    assert kept[f'{h}_count{{method="GET",route="{FEATURES_ROUTE}",status="200"}}'] >= 3
+    assert "actionstream_events_consumed_total" in kept
+    assert {name.partition("{")[0] for name in kept} <= {f"{h}_count", f"{h}_sum", f"{h}_bucket", f"{h}_created",
+                                                         "actionstream_events_consumed_total",
+                                                         "actionstream_events_consumed_created"}
+    assert len(some.body) < len(r.body) / 4
 
 
 # --------------------------------------------------------------------------------------- two workers, auth
