@@ -5,8 +5,11 @@ from a checkpoint, hold no per-request state (safe for one caller at a time; con
 share torch's thread pool), and build every batch through :func:`transact.features.build_batch`.
 
 * :class:`Encoder`: the candidate-free TransAct (``early_fusion=False``) over many users at once:
-  ``encode(seqs, request_ts) -> (U, out_dim)``. The batch is cut to its longest real sequence (the rest
-  is padding, masked anyway); the layers are the model's own (reference) forward.
+  ``encode(seqs, request_ts) -> (U, out_dim)``, with the scorer's folded layers (2 and 6 below) on users
+  sorted by length, in chunks each cut to its own longest sequence (:class:`_FastEncoder`; padded keys get
+  -inf, as the reference's key padding mask). 256 users x 100 actions, 1 thread: ~75-135 ms vs ~140-215 ms
+  for the model's own forward on the batch cut to its longest sequence (``fast=False``, the reference);
+  256 users of a fresh stream (~7 actions each): ~25 vs ~66 ms.
 * :class:`Scorer`: ``score(seq, candidates) -> (C, H)`` probabilities with the early-fusion
   :class:`~transact.model.RankingModel`. A direct evaluation runs the transformer on C copies of the
   user's sequence, each with one candidate glued to every row: ~5 GMAC and ~1 GB of memory traffic at
@@ -76,7 +79,7 @@ from torch import Tensor, nn
 from streams.items import ItemLookup
 from streams.sequence import Act, decode
 from transact.features import build_batch
-from transact.model import RankingModel, TransAct, load_checkpoint
+from transact.model import RankingModel, TransAct, TransActConfig, load_checkpoint
 
 __all__ = ["Encoder", "Int8Linear", "Scorer", "int8_available", "int8_cross_layers"]
 
@@ -186,8 +189,9 @@ class _Layer:
         z = y.addmm_(h, self.w2t)  # residual + FFN, the GEMM accumulating into y in place
         return F.layer_norm(z, (d,), *self.ln2[:2], self.ln2[2]).view(shape)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """A general layer on (C, L, d), no mask (padding was cut off). ``x`` is overwritten."""
+    def forward(self, x: Tensor, key_bias: Tensor | None = None) -> Tensor:
+        """A general layer on (C, L, d). ``key_bias``: None when every position is real (padding cut off),
+        else (C, 1, L) with 0 at real keys and -inf at padded ones. ``x`` is overwritten."""
         heads, (n, length, d) = self.m.shape[0], x.shape
         xt = x.transpose(1, 2)  # (C, d, L)
         if heads == 1:
@@ -195,13 +199,18 @@ class _Layer:
             # half in place, c into the residual (rows of P sum to 1: P (x N + c) = P x N + c)
             q, v = torch.mm(x.view(-1, d), self.mn).view(n, length, 2 * d).split(d, -1)
             q.add_(self.u[0])
-            p = torch.softmax(torch.bmm(q, xt), -1)
-            pre = x.add_(self.c).baddbmm_(p, v)  # x + P (x N + c), in x's memory (x is consumed)
+            s = torch.bmm(q, xt)
+            if key_bias is not None:
+                s.add_(key_bias)
+            pre = x.add_(self.c).baddbmm_(torch.softmax(s, -1), v)  # x + P (x N + c), in x's memory
         else:
             pre = x + self.c
             for k in range(heads):
                 q = torch.matmul(x, self.m[k]) + self.u[k]
-                pre = torch.baddbmm(pre, torch.softmax(torch.bmm(q, xt), -1), torch.matmul(x, self.n[k]))
+                s = torch.bmm(q, xt)
+                if key_bias is not None:
+                    s.add_(key_bias)
+                pre = torch.baddbmm(pre, torch.softmax(s, -1), torch.matmul(x, self.n[k]))
         return self.finish(pre)
 
 
@@ -275,17 +284,77 @@ class _FusedTransAct:
         return torch.cat(out)
 
     def compress(self, o: Tensor) -> Tensor:
-        """o (C, L, d), no padding -> (C, out_dim): first K (zero-padded when L < K) + max-pool."""
+        """o (C, L, d), no padding -> (C, out_dim)."""
+        return _compress(self.cfg, o)
+
+
+def _compress(cfg: TransActConfig, o: Tensor) -> Tensor:
+    """o (C, L, d), no padding -> (C, out_dim): first K (zero-padded when L < K) + max-pool."""
+    parts = []
+    if cfg.use_first_k:
+        first = o[:, : cfg.first_k]
+        if first.shape[1] < cfg.first_k:
+            first = F.pad(first, (0, 0, 0, cfg.first_k - first.shape[1]))
+        parts.append(first.flatten(1))
+    if cfg.use_max_pool:
+        parts.append(o.amax(1))
+    return torch.cat(parts, 1)
+
+
+class _FastEncoder:
+    """Candidate-free TransAct over many users (the realtime vectors), with the folded layers of the scorer.
+
+    Users are sorted by sequence length and cut into chunks of about ``chunk`` x ``seq_len`` rows (``chunk``
+    full sequences, proportionally more short ones); each chunk is cut to ITS longest sequence, so a batch of mostly short sequences (a fresh worker, new users) costs what their actions cost,
+    not what the batch's longest user costs. Within a chunk, padded keys get a -inf score (the reference's
+    ``src_key_padding_mask``) and padded outputs are left out of first-K and max-pool, as in
+    :meth:`transact.model.TransAct.compress`; users without history get zeros without any compute.
+    """
+
+    def __init__(self, enc: TransAct, chunk: int) -> None:
+        if enc.cfg.early_fusion:
+            raise ValueError("the fast encoder is candidate-free (early_fusion=False)")
+        self.enc = enc
+        self.cfg = enc.cfg
+        self.layers = [_Layer.fold(layer) for layer in enc.encoder.layers]  # type: ignore[arg-type]
+        self.chunk = chunk
+
+    def __call__(self, batch: dict[str, Tensor]) -> Tensor:
+        """batch: :func:`transact.features.build_batch` tensors, padding at the end -> (B, out_dim)."""
         cfg = self.cfg
-        parts = []
-        if cfg.use_first_k:
-            first = o[:, : cfg.first_k]
-            if first.shape[1] < cfg.first_k:
-                first = F.pad(first, (0, 0, 0, cfg.first_k - first.shape[1]))
-            parts.append(first.flatten(1))
-        if cfg.use_max_pool:
-            parts.append(o.amax(1))
-        return torch.cat(parts, 1)
+        action = batch["action"]
+        lengths = (action != 0).sum(1)  # (B,): real actions come first (the batch contract)
+        out = torch.zeros(action.shape[0], cfg.out_dim)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        n_real = int((lengths > 0).sum())
+        if n_real == 0:
+            return out
+        seq_keys = [k for k, v in batch.items() if v.dim() > 1 and v.shape[:2] == action.shape]
+        sorted_lens = lengths[order].tolist()
+        budget = self.chunk * self.cfg.seq_len  # rows per chunk: `chunk` full sequences, more short ones
+        lo = 0
+        while lo < n_real:
+            length = sorted_lens[lo]  # the chunk's longest
+            hi = min(lo + max(1, budget // length), n_real)
+            idx = order[lo:hi]
+            lens = lengths[idx]  # descending
+            lo = hi
+            # the chunk's rows only, cut to its longest sequence: embedding lookups skip the batch's padding too
+            x = self.enc.rows({k: batch[k][idx, :length] for k in seq_keys}, None)  # (n, L, d), a new tensor
+            keep = torch.arange(length).unsqueeze(0) < lens.unsqueeze(1)  # (n, L)
+            bias = None
+            if int(lens[-1]) < length:
+                bias = torch.zeros(keep.shape).masked_fill_(~keep, -math.inf).unsqueeze(1)  # (n, 1, L)
+            for layer in self.layers:
+                x = layer.forward(x, bias)
+            out[idx] = self.compress(x, keep if bias is not None else None)
+        return out
+
+    def compress(self, o: Tensor, keep: Tensor | None) -> Tensor:
+        """o (n, L, d) -> (n, out_dim) as ``TransAct.compress``; ``keep`` (n, L) None = no padding (no masks)."""
+        if keep is None:
+            return _compress(self.cfg, o)
+        return self.enc.compress(o, keep)
 
 
 def _score_thread_init() -> None:
@@ -425,7 +494,9 @@ class Encoder:
     """Candidate-free TransAct over many users at once: the realtime user vectors."""
 
     def __init__(self, model: TransAct, item_lookup: ItemLookup | None, *, threads: int = 1,
-                 vocab: dict[str, Any] | None = None) -> None:
+                 vocab: dict[str, Any] | None = None, fast: bool = True, chunk: int = DEFAULT_CHUNK) -> None:
+        """fast: the folded, length-sorted path (:class:`_FastEncoder`); False = the model's own forward on the
+        batch cut to its longest sequence (the reference)."""
         if model.cfg.early_fusion:
             raise ValueError("the realtime encoder needs a candidate-free TransAct (early_fusion=False); "
                              "train one with realtime_input=True or early_fusion=False")
@@ -436,6 +507,7 @@ class Encoder:
         self.cfg = model.cfg
         self.items = item_lookup
         self.vocab = vocab or {}
+        self.fast = _FastEncoder(self.model, chunk) if fast else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, item_store: ItemLookup | None, threads: int = 1) -> Encoder:
@@ -461,9 +533,11 @@ class Encoder:
         req = [int(request_ts)] if np.ndim(request_ts) == 0 else list(request_ts)  # type: ignore[arg-type]
         batch = build_batch(seqs, req, self.items, self.cfg.seq_len, item_dim=self.cfg.item_dim,
                             hash_buckets=self.cfg.hash_buckets)
-        length = max(_real_length(batch), 1)
-        batch = {k: v[:, :length] if v.dim() > 1 else v for k, v in batch.items()}
         with torch.inference_mode():
+            if self.fast is not None:
+                return self.fast(batch).numpy()
+            length = max(_real_length(batch), 1)
+            batch = {k: v[:, :length] if v.dim() > 1 else v for k, v in batch.items()}
             return self.model(batch).numpy()
 
     def encode_blobs(self, blobs: Sequence[bytes], request_ts: int) -> np.ndarray:

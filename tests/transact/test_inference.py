@@ -182,6 +182,29 @@ def test_encoder_matches_forward(items: MemoryItemStore) -> None:
     assert encoder.encode([], REQ).shape == (0, 704)
 
 
+@pytest.mark.parametrize("nhead", [1, 2])
+def test_fast_encoder_chunks_match_forward(items: MemoryItemStore, nhead: int) -> None:
+    """Users sorted by length, chunks of varying size each cut to its longest sequence, padded keys masked:
+    every user's vector equals the model's forward on the whole padded batch, in the caller's order."""
+    torch.manual_seed(1)
+    enc_model = TransAct(TransActConfig(early_fusion=False, nhead=nhead)).eval()
+    rng = np.random.default_rng(5)
+    lengths = [int(n) for n in rng.integers(0, 101, 37)] + [100, 3, 0, 12, 12]
+    seqs = [make_seq(n, seed=k) for k, n in enumerate(lengths)]
+    fast = Encoder(enc_model, items, threads=1, chunk=2)  # 200-row chunks: 2 full users, 66 of length 3
+    slow = Encoder(enc_model, items, threads=1, fast=False)
+    assert fast.fast is not None and slow.fast is None
+    out = fast.encode(seqs, REQ)
+    from transact.features import build_batch
+
+    with torch.no_grad():
+        ref = enc_model(build_batch(seqs, [REQ], items, 100)).numpy()
+    np.testing.assert_allclose(out, ref, atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(slow.encode(seqs, REQ), ref, atol=ATOL, rtol=RTOL)
+    assert not out[np.array(lengths) == 0].any()
+    assert not fast.encode([[], []], REQ).any()
+
+
 def test_encoder_from_checkpoints(tmp_path: Path, items: MemoryItemStore) -> None:
     rt = model(realtime_input=True)
     save_checkpoint(tmp_path / "rt.pt", rt, rt.cfg, {"model_version": "rt1"})
