@@ -5,9 +5,10 @@ Three runs of real `actionstream worker` processes on an embedded Apache Kafka b
 1. ``off``: backlog drain of N pre-filled events without a realtime checkpoint (events/s);
 2. ``on``: the same with ``ACTIONSTREAM_REALTIME_CHECKPOINT`` set (the paper-sized candidate-free TransAct,
    random weights: cost does not depend on them); events/s, encoder batches, vectors stored;
-3. ``live``: a fresh worker with the encoder, fed at a steady ``--rate`` events/s with current event times
-   for ``--seconds``; freshness p50/p99 of ``stage="sequence"`` vs ``stage="realtime"`` from the worker's
-   histograms (``histogram_quantile``-style interpolation within buckets).
+3. ``live``: a fresh worker with the encoder, warmed up, then fed at a steady ``--rate`` events/s with
+   current event times for ``--seconds``; freshness p50/p99 of ``stage="sequence"`` vs ``stage="realtime"``
+   from the worker's histograms over that phase (``histogram_quantile``-style interpolation within buckets),
+   measured as the freshness section measures the sequence stage alone.
 
     python -m bench.realtime_freshness --events 60000 --users 6000 --rate 1500 --seconds 20
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -32,7 +32,6 @@ from bench.live import HANDLED_COUNTERS, handled, metrics_text, wait_ready
 from bench.procs import Proc, start_module
 from bench.workload import make_events
 from streams.broker import free_port
-from streams.events import Event, encode_event, now_ms
 from streams.metrics import parse_exposition
 
 log = logging.getLogger(__name__)
@@ -40,27 +39,6 @@ log = logging.getLogger(__name__)
 
 def scrape(port: int, names: Sequence[str] = ()) -> dict[str, float]:
     return parse_exposition(metrics_text(port, timeout=5, names=names))
-
-
-def quantile(metrics: dict[str, float], name: str, stage: str, q: float) -> float | None:
-    """q-quantile of a histogram child from its cumulative buckets (linear within a bucket)."""
-    buckets = []
-    for key, v in metrics.items():
-        if key.startswith(name + "_bucket{") and f'stage="{stage}"' in key:
-            le = key.split('le="')[1].split('"')[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), v))
-    buckets.sort()
-    if not buckets or buckets[-1][1] == 0:
-        return None
-    rank = q * buckets[-1][1]
-    prev_le, prev_n = 0.0, 0.0
-    for le, n in buckets:
-        if n >= rank:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * ((rank - prev_n) / (n - prev_n) if n > prev_n else 0.0)
-        prev_le, prev_n = le, n
-    return None
 
 
 def write_checkpoint(path: Path) -> Path:
@@ -120,45 +98,49 @@ def drain(env: BenchEnv, topic: str, n: int, scratch: Path, name: str, extra_env
 
 
 def live(env: BenchEnv, scratch: Path, users: int, rate: float, seconds: float, extra_env: dict[str, str]) -> dict[str, Any]:
-    """A fresh worker fed at ``rate`` events/s with current event times; freshness quantiles per stage."""
-    from kafka import KafkaProducer
+    """A fresh worker fed at ``rate`` events/s with current event times; freshness quantiles per stage.
+
+    Measured like the freshness section (:func:`bench.sections.freshness`): a 1-second warm-up at 50 events/s
+    (group join, first encoder batch), then the paced phase (:func:`bench.live.paced_produce`: asyncio
+    producer, Zipf-like users, 10 ms ticks); the quantiles are of the histogram observations between a scrape
+    before and one after the phase, so the worker's start-up is not in them."""
+    from bench.live import histogram_quantiles, paced_produce
 
     topic = env.topic("rt-live")
     proc, port = start_worker(env, topic, scratch, "live", extra_env)
-    wait_ready([(proc, port)], 120.0)
-    producer = KafkaProducer(bootstrap_servers=env.bootstrap, linger_ms=5, acks=1)
-    rng = random.Random(3)
-    actions = ("impression", "click", "save", "closeup", "hide")
-    sent = 0
     try:
-        t0 = time.monotonic()
-        while (elapsed := time.monotonic() - t0) < seconds:
-            due = int(elapsed * rate)
-            while sent < due:
-                u = f"u{int(users * rng.random() ** 2)}"
-                e = Event(f"live-{sent}", u, f"i{rng.randrange(50_000)}", rng.choice(actions), now_ms(), "homefeed", None)
-                producer.send(topic, encode_event(e), key=u.encode())
-                sent += 1
-            time.sleep(0.002)
-        producer.flush(30)
-        deadline = time.monotonic() + 60
-        while handled(scrape(port, HANDLED_COUNTERS)) < sent and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.0)
-        m = scrape(port)
+        wait_ready([(proc, port)], 120.0)
+        warm = paced_produce(env.bootstrap, topic, rate=50, seconds=1.0, users=users, seed=98)
+        total = len(warm.sent)
+        _wait_handled(port, total, 60.0)
+        time.sleep(0.5)
+        before = scrape(port)
+        run = paced_produce(env.bootstrap, topic, rate=rate, seconds=seconds, users=users, seed=3)
+        total += len(run.sent)
+        _wait_handled(port, total, 60.0)
+        time.sleep(1.0)  # the encoder's last batches
+        after = scrape(port)
         name = "actionstream_freshness_seconds"
-        out: dict[str, Any] = {"rate": rate, "seconds": seconds, "sent": sent,
-                               "accepted": m.get("actionstream_events_accepted_total", 0.0)}
+        out: dict[str, Any] = {"rate": run.rate, "seconds": run.seconds, "sent": len(run.sent),
+                               "accepted": after.get("actionstream_events_accepted_total", 0.0)
+                               - before.get("actionstream_events_accepted_total", 0.0)}
         for stage in ("sequence", "realtime"):
-            out[f"{stage}_observations"] = m.get(f'{name}_count{{stage="{stage}"}}', 0.0)
-            for q in (0.5, 0.99):
-                out[f"{stage}_p{int(q * 100)}_s"] = quantile(m, name, stage, q)
-        batches = m.get("actionstream_encoder_batch_size_count", 0.0)
-        out["mean_batch"] = m.get("actionstream_encoder_batch_size_sum", 0.0) / batches if batches else None
+            key = f'{name}_count{{stage="{stage}"}}'
+            out[f"{stage}_observations"] = after.get(key, 0.0) - before.get(key, 0.0)
+            p50, p99 = histogram_quantiles(before, after, name, (0.5, 0.99), stage=stage)
+            out[f"{stage}_p50_s"], out[f"{stage}_p99_s"] = p50, p99
+        b = "actionstream_encoder_batch_size"
+        batches = after.get(f"{b}_count", 0.0) - before.get(f"{b}_count", 0.0)
+        out["mean_batch"] = (after.get(f"{b}_sum", 0.0) - before.get(f"{b}_sum", 0.0)) / batches if batches else None
         return out
     finally:
-        producer.close(10)
         proc.stop()
+
+
+def _wait_handled(port: int, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while handled(scrape(port, HANDLED_COUNTERS)) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def main() -> None:
