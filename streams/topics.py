@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -71,10 +72,23 @@ def platform_topics(settings: KafkaSettings, partitions: int | None = None) -> l
                       {"cleanup.policy": "compact"})]
 
 
-def uncommitted(admin: KafkaAdminClient, group: str, ends: Mapping[TopicPartition, int]) -> int:
+def uncommitted(admin: KafkaAdminClient, group: str, ends: Mapping[TopicPartition, int],
+                retry_s: float = 30.0) -> int:
     """Messages consumer ``group`` has not committed: per partition of ``ends`` (end offsets), the end offset
-    minus the group's committed offset (0 where it committed nothing), summed."""
-    committed = admin.list_group_offsets({group: None}).get(group, {})
+    minus the group's committed offset (0 where it committed nothing), summed.
+
+    Retriable broker errors (a fresh broker creates ``__consumer_offsets`` on the first group lookup and
+    answers "coordinator not available" meanwhile; a coordinator moving or loading) are retried every 0.5 s
+    for up to ``retry_s`` seconds, then raised."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            committed = admin.list_group_offsets({group: None}).get(group, {})
+            break
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     lag = 0
     for tp, end in ends.items():
         c = committed.get(tp)
