@@ -77,8 +77,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from streams.items import ItemLookup
-from streams.sequence import Act, decode
-from transact.features import build_batch
+from streams.sequence import Act
+from transact.features import build_batch, build_batch_from_blobs
 from transact.model import RankingModel, TransAct, TransActConfig, load_checkpoint
 
 __all__ = ["Encoder", "Int8Linear", "Scorer", "int8_available", "int8_cross_layers"]
@@ -531,15 +531,22 @@ class Encoder:
         if not seqs:
             return np.zeros((0, self.out_dim), np.float32)
         req = [int(request_ts)] if np.ndim(request_ts) == 0 else list(request_ts)  # type: ignore[arg-type]
-        batch = build_batch(seqs, req, self.items, self.cfg.seq_len, item_dim=self.cfg.item_dim,
-                            hash_buckets=self.cfg.hash_buckets)
+        return self._run(build_batch(seqs, req, self.items, self.cfg.seq_len, item_dim=self.cfg.item_dim,
+                                     hash_buckets=self.cfg.hash_buckets))
+
+    def encode_blobs(self, blobs: Sequence[bytes], request_ts: int) -> np.ndarray:
+        """U stored sequence blobs (:func:`streams.sequence.encode`) -> (U, out_dim) float32 (the worker's path):
+        the blobs' records go into the batch as numpy columns (:func:`transact.features.build_batch_from_blobs`,
+        the same tensors as decoding them first)."""
+        if not blobs:
+            return np.zeros((0, self.out_dim), np.float32)
+        return self._run(build_batch_from_blobs(blobs, request_ts, self.items, self.cfg.seq_len,
+                                                item_dim=self.cfg.item_dim, hash_buckets=self.cfg.hash_buckets))
+
+    def _run(self, batch: dict[str, Tensor]) -> np.ndarray:
         with torch.inference_mode():
             if self.fast is not None:
                 return self.fast(batch).numpy()
             length = max(_real_length(batch), 1)
             batch = {k: v[:, :length] if v.dim() > 1 else v for k, v in batch.items()}
             return self.model(batch).numpy()
-
-    def encode_blobs(self, blobs: Sequence[bytes], request_ts: int) -> np.ndarray:
-        """U stored sequence blobs (:func:`streams.sequence.encode`) -> (U, out_dim) float32 (the worker's path)."""
-        return self.encode([decode(b) for b in blobs], request_ts)

@@ -19,9 +19,9 @@ import torch
 
 from streams.events import Event
 from streams.items import MemoryItemStore
-from streams.sequence import SequenceCodec, decode
+from streams.sequence import SequenceCodec, decode, encode
 from transact.data import DataConfig, build_examples
-from transact.features import build_batch
+from transact.features import build_batch, build_batch_from_blobs
 
 T0 = 1_700_000_000_000
 ACTIONS = ["impression"] * 4 + ["click", "save", "hide", "closeup", "share"]
@@ -59,7 +59,7 @@ def test_offline_sequences_equal_worker_state(seed: int, max_len: int, window_da
     for e in arrival_order(events, rng):
         arrivals.setdefault(e.user_id, []).append(e)
     checked = 0
-    worker_seqs, rows = [], []
+    worker_seqs, rows, worker_blobs = [], [], []
     for r in range(len(data.request_ts)):
         user, t_req = data.users[data.request_user[r]], int(data.request_ts[r])
         blob = None
@@ -74,6 +74,7 @@ def test_offline_sequences_equal_worker_state(seed: int, max_len: int, window_da
         inv = {v: k for k, v in data.table.index.items()}
         assert [a[5] for a in worker] == [inv[int(i)] for i in data.seq_item[r][valid]]
         worker_seqs.append(worker)
+        worker_blobs.append(blob)
         rows.append(r)
         checked += 1
     assert checked > 50
@@ -87,6 +88,30 @@ def test_offline_sequences_equal_worker_state(seed: int, max_len: int, window_da
     for k, v in served.items():
         assert v.dtype == trained[k].dtype, k
         assert torch.equal(v, trained[k]), k
+    # the realtime encoder's path: the worker's blobs read as columns == build_batch on the decoded sequences
+    req = data.request_ts[rows].tolist()
+    assert_same_batch(build_batch_from_blobs(worker_blobs, req, store, max_len),
+                      build_batch(worker_seqs, req, store, max_len))
+
+
+def assert_same_batch(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == want.keys()
+    for k, v in got.items():
+        assert v.dtype == want[k].dtype and torch.equal(v, want[k]), k
+
+
+def test_batch_from_blobs_truncates_and_handles_empty_and_unicode() -> None:
+    store = MemoryItemStore(2, [("a", np.float32([1, 2])), ("pin-é€😀", np.float32([3, 4]))])
+    seqs = [[(300, 1, 2, 1, 5, "a"), (200, 2, 1, 0, 0, "pin-é€😀"), (100, 3, 3, 0, 0, "b")],
+            [], [(50, 9, 7, 2, 0, "b")]]
+    blobs = [encode(seqs[0]), None, encode(seqs[2])]
+    for seq_len in (1, 2, 3, 5):
+        assert_same_batch(build_batch_from_blobs(blobs, [400, 500, 600], store, seq_len),
+                          build_batch(seqs, [400, 500, 600], store, seq_len))
+    assert_same_batch(build_batch_from_blobs([b"", blobs[0]], 7, None, 4, item_dim=2),
+                      build_batch([[], seqs[0]], [7], None, 4, item_dim=2))
+    with pytest.raises(ValueError, match="version"):
+        build_batch_from_blobs([b"\x07" + blobs[0][1:]], 1, store, 3)
 
 
 def test_build_batch_one_user_many_candidates_and_truncation() -> None:
