@@ -305,8 +305,9 @@ class _FastEncoder:
     """Candidate-free TransAct over many users (the realtime vectors), with the folded layers of the scorer.
 
     Users are sorted by sequence length and cut into chunks of about ``chunk`` x ``seq_len`` rows (``chunk``
-    full sequences, proportionally more short ones); each chunk is cut to ITS longest sequence, so a batch of mostly short sequences (a fresh worker, new users) costs what their actions cost,
-    not what the batch's longest user costs. Within a chunk, padded keys get a -inf score (the reference's
+    full sequences, proportionally more short ones); each chunk is cut to ITS longest sequence, so a batch
+    of mostly short sequences (a fresh worker, new users) costs what their actions cost, not what the
+    batch's longest user costs. Shapes: a chunk is (n, L, d), n users of at most L actions. Within a chunk, padded keys get a -inf score (the reference's
     ``src_key_padding_mask``) and padded outputs are left out of first-K and max-pool, as in
     :meth:`transact.model.TransAct.compress`; users without history get zeros without any compute.
     """
