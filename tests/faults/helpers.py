@@ -153,6 +153,7 @@ def check_state(name: str, bootstrap: str, changelog: str, expected: dict[str, l
         api_counts = compare(api_state(api_worker, expected.keys(), codec), expected)
     if not log_counts.zero and api_worker is not None:
         log_counts.details += diagnose(bootstrap, api_worker.topic, changelog, expected, state.sequences)
+        log_counts.details += [f"worker log: {line}" for line in seek_and_gap_lines(api_worker)]
     print(f"\n[fault:{name}] changelog: {log_counts}")
     if api_counts is not None:
         print(f"[fault:{name}] API:       {api_counts}")
@@ -161,6 +162,17 @@ def check_state(name: str, bootstrap: str, changelog: str, expected: dict[str, l
     RESULTS.append({"scenario": name, "changelog": str(log_counts),
                     "api": str(api_counts) if api_counts else "-", "converged_s": round(converge_s, 1), **info})
     return log_counts, api_counts
+
+
+def seek_and_gap_lines(worker: WorkerProc, n: int = 30) -> list[str]:
+    """A failed check's clues from the worker's log (all its runs): every seek with the read offsets it left,
+    every input gap (offsets Faust would count as acknowledged without handing them over), WARNING / ERROR."""
+    try:
+        text = worker.log_path.read_text(errors="replace")
+    except OSError:
+        return ["(no log)"]
+    keys = ("seeked to committed", "never handed over", " WARNING ", " ERROR ", "Worker ready", "Signal received")
+    return [line[:400] for line in text.splitlines() if any(k in line for k in keys)][-n:]
 
 
 def assert_zero(log_counts: Counts, api_counts: Counts | None) -> None:

@@ -268,6 +268,33 @@ def test_perform_seek_stops_the_flow_before_it_seeks(tmp_path) -> None:  # type:
     assert not consumer.flow_active  # recovery resumes it after the seek, as before
 
 
+def test_perform_seek_sends_partitions_without_a_commit_to_their_beginning(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """aiokafka's seek_to_committed leaves a partition with no committed offset (or 0) at its fetch position;
+    after records were handed over and then cleared by the flow stop, that position is past events that were
+    never applied, and acks of the next ones let Faust commit over them (lost in kill9-dir-deleted runs).
+    The seek must send those partitions back to their beginning, and only those."""
+    consumer = _consumer(tmp_path, "seek-none")
+    tp_committed, tp_none, tp_zero = TP("in", 0), TP("in", 1), TP("in", 2)
+    rewound: list[Any] = []
+
+    async def seek_to_committed() -> dict[Any, Any]:
+        return {tp_committed: 120, tp_none: None, tp_zero: 0, TP("x-sequences-changelog", 1): None}
+
+    async def seek_to_beginning(*partitions: Any) -> None:
+        rewound.extend(partitions)
+
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    consumer._thread.seek_to_beginning = seek_to_beginning  # type: ignore[method-assign]  # noqa: SLF001
+    # the agents' topics acknowledge (Faust commits their offsets); changelogs do not and are not rewound
+    consumer.app.topics.acks_enabled_for = lambda topic: topic == "in"  # type: ignore[method-assign]
+    consumer._read_offset[tp_none] = 3199  # noqa: SLF001 - handed over before the stop
+    asyncio.run(consumer.perform_seek())
+    assert sorted(rewound) == [tp_none, tp_zero]
+    assert consumer._read_offset[tp_committed] == 120  # noqa: SLF001
+    assert consumer._read_offset[tp_none] is None  # noqa: SLF001 - re-read from the beginning, no gap
+    assert consumer._read_offset[tp_zero] == 0  # noqa: SLF001
+
+
 TP_QUIET = TP("quiet", 0)  # a partition that stays active and has no records (the reroute / daily topics)
 
 
