@@ -268,31 +268,68 @@ def test_perform_seek_stops_the_flow_before_it_seeks(tmp_path) -> None:  # type:
     assert not consumer.flow_active  # recovery resumes it after the seek, as before
 
 
+class _PositionThread:
+    """The consumer thread's seeks as aiokafka applies them: ``seek`` sets a position at once, while
+    ``seek_to_beginning`` leaves it unset (awaiting a reset) until the fetcher looks the offset up, and
+    reading an unset position asserts (what Faust's ``verify_event_path`` does)."""
+
+    def __init__(self, earliest: dict[Any, int]) -> None:
+        self.earliest, self.positions = earliest, {}  # type: dict[Any, int], dict[Any, int | None]
+
+    async def earliest_offsets(self, *partitions: Any) -> dict[Any, int]:
+        return {tp: self.earliest[tp] for tp in partitions}
+
+    async def seek_wait(self, partitions: dict[Any, int]) -> None:
+        self.positions.update(partitions)
+
+    async def seek_to_beginning(self, *partitions: Any) -> None:
+        self.positions.update(dict.fromkeys(partitions))
+
+    def position(self, tp: Any) -> int:
+        position = self.positions[tp]
+        assert position is not None
+        return position
+
+
 def test_perform_seek_sends_partitions_without_a_commit_to_their_beginning(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """aiokafka's seek_to_committed leaves a partition with no committed offset (or 0) at its fetch position;
     after records were handed over and then cleared by the flow stop, that position is past events that were
     never applied, and acks of the next ones let Faust commit over them (lost in kill9-dir-deleted runs).
-    The seek must send those partitions back to their beginning, and only those."""
+    The seek must send those partitions back to their beginning, and only those, with a position set at once
+    (an unset one crashed a worker in Faust's verify_event_path)."""
     consumer = _consumer(tmp_path, "seek-none")
     tp_committed, tp_none, tp_zero = TP("in", 0), TP("in", 1), TP("in", 2)
-    rewound: list[Any] = []
+    thread = _PositionThread({tp_none: 0, tp_zero: 40})  # tp_zero's first records were deleted by retention
 
     async def seek_to_committed() -> dict[Any, Any]:
+        thread.positions[tp_committed] = 120
         return {tp_committed: 120, tp_none: None, tp_zero: 0, TP("x-sequences-changelog", 1): None}
 
-    async def seek_to_beginning(*partitions: Any) -> None:
-        rewound.extend(partitions)
-
     consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
-    consumer._thread.seek_to_beginning = seek_to_beginning  # type: ignore[method-assign]  # noqa: SLF001
+    consumer._thread = thread  # type: ignore[assignment]  # noqa: SLF001
     # the agents' topics acknowledge (Faust commits their offsets); changelogs do not and are not rewound
     consumer.app.topics.acks_enabled_for = lambda topic: topic == "in"  # type: ignore[method-assign]
     consumer._read_offset[tp_none] = 3199  # noqa: SLF001 - handed over before the stop
     asyncio.run(consumer.perform_seek())
-    assert sorted(rewound) == [tp_none, tp_zero]
+    assert {tp: thread.position(tp) for tp in thread.positions} == {tp_committed: 120, tp_none: 0, tp_zero: 40}
     assert consumer._read_offset[tp_committed] == 120  # noqa: SLF001
     assert consumer._read_offset[tp_none] is None  # noqa: SLF001 - re-read from the beginning, no gap
     assert consumer._read_offset[tp_zero] == 0  # noqa: SLF001
+
+
+def test_the_event_path_check_skips_a_position_that_awaits_a_reset(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Faust's periodic slow-processing check reads the fetch position; while aiokafka resets it (a fresh
+    assignment, an out-of-range fetch) that read asserts, and the check must not take the worker down."""
+    consumer = _consumer(tmp_path, "verify")
+    thread = _PositionThread({})
+    asyncio.run(thread.seek_to_beginning(TP_IN))
+    checked: list[int] = []
+    thread.verify_event_path = lambda now, tp: checked.append(thread.position(tp))  # type: ignore[attr-defined]
+    consumer._thread = thread  # type: ignore[assignment]  # noqa: SLF001
+    consumer.verify_event_path(0.0, TP_IN)  # awaiting its reset: skipped
+    thread.positions[TP_IN] = 7
+    consumer.verify_event_path(1.0, TP_IN)
+    assert checked == [7]
 
 
 TP_QUIET = TP("quiet", 0)  # a partition that stays active and has no records (the reroute / daily topics)
