@@ -29,7 +29,7 @@ from streams.metrics import parse_exposition
 from streams.sequence import _HEADER, _HS, _REC, event_key
 
 __all__ = ["HANDLED_COUNTERS", "HttpLoad", "PacedRun", "changelog_freshness", "histogram_quantiles", "metrics_text", "paced_produce",
-           "scrape", "wait_ready"]
+           "scrape", "wait_handled", "wait_ready"]
 
 
 
@@ -68,6 +68,16 @@ def handled(samples: dict[str, float]) -> float:
     """Input events a worker is done with, each counted once by its outcome: applied (accepted), valid but
     changing nothing (duplicate, or too old for a full sequence), or rejected to the dead-letter topic."""
     return sum(metric(samples, name) for name in HANDLED_COUNTERS)
+
+
+def wait_handled(port: int, n: int, timeout: float) -> float:
+    """Wait until the worker is done with ``n`` input events; returns the seconds it took."""
+    t0 = time.monotonic()
+    while handled(scrape(port, HANDLED_COUNTERS)) < n:
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"the worker did not process {n} events within {timeout:.0f}s of the phase end")
+        time.sleep(0.1)
+    return time.monotonic() - t0
 
 
 def histogram_quantiles(before: dict[str, float], after: dict[str, float], name: str,

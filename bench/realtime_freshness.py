@@ -104,7 +104,7 @@ def live(env: BenchEnv, scratch: Path, users: int, rate: float, seconds: float, 
     (group join, first encoder batch), then the paced phase (:func:`bench.live.paced_produce`: asyncio
     producer, Zipf-like users, 10 ms ticks); the quantiles are of the histogram observations between a scrape
     before and one after the phase, so the worker's start-up is not in them."""
-    from bench.live import histogram_quantiles, paced_produce
+    from bench.live import histogram_quantiles, paced_produce, wait_handled
 
     topic = env.topic("rt-live")
     proc, port = start_worker(env, topic, scratch, "live", extra_env)
@@ -112,12 +112,12 @@ def live(env: BenchEnv, scratch: Path, users: int, rate: float, seconds: float, 
         wait_ready([(proc, port)], 120.0)
         warm = paced_produce(env.bootstrap, topic, rate=50, seconds=1.0, users=users, seed=98)
         total = len(warm.sent)
-        _wait_handled(port, total, 60.0)
+        wait_handled(port, total, 60.0)
         time.sleep(0.5)
         before = scrape(port)
         run = paced_produce(env.bootstrap, topic, rate=rate, seconds=seconds, users=users, seed=3)
         total += len(run.sent)
-        _wait_handled(port, total, 60.0)
+        wait_handled(port, total, 60.0)
         time.sleep(1.0)  # the encoder's last batches
         after = scrape(port)
         name = "actionstream_freshness_seconds"
@@ -135,12 +135,6 @@ def live(env: BenchEnv, scratch: Path, users: int, rate: float, seconds: float, 
         return out
     finally:
         proc.stop()
-
-
-def _wait_handled(port: int, n: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while handled(scrape(port, HANDLED_COUNTERS)) < n and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def main() -> None:

@@ -277,7 +277,14 @@ def _missing_note(user_of: dict[int, str], found: set[int], max_len: int) -> str
 
 
 def freshness(ctx: Ctx, sec: Section) -> None:
-    from bench.live import changelog_freshness, histogram_quantiles, paced_produce, scrape, wait_ready
+    from bench.live import (
+        changelog_freshness,
+        histogram_quantiles,
+        paced_produce,
+        scrape,
+        wait_handled,
+        wait_ready,
+    )
     from streams.settings import WorkerSettings
     max_rate = _max_rate(ctx)
     max_len = WorkerSettings.load().sequence_length  # what the bench's workers keep (same environment)
@@ -290,13 +297,13 @@ def freshness(ctx: Ctx, sec: Section) -> None:
         port = procs[0][1]
         warm = paced_produce(ctx.env.bootstrap, topic, rate=50, seconds=1.0, seed=99)  # warm-up: group, caches
         total = len(warm.sent)
-        _wait_handled(port, total, 60)
+        wait_handled(port, total, 60)
         for frac in ((0.5,) if ctx.quick else (0.25, 0.5, 0.9)):
             before = scrape(port)
             run = paced_produce(ctx.env.bootstrap, topic, rate=frac * max_rate, seconds=seconds, seed=int(frac * 100))
             total += len(run.sent)
             # a worker that fell behind must finish this phase before it is measured (and before the next one)
-            backlog_s = _wait_handled(port, total, 120)
+            backlog_s = wait_handled(port, total, 120)
             time.sleep(1.5)  # the outbox flushes changelog records at the next commit (1 s)
             after = scrape(port)
             if backlog_s > 1.0:
@@ -330,17 +337,6 @@ def freshness(ctx: Ctx, sec: Section) -> None:
                      "around the target, like PromQL histogram_quantile); 'in the changelog' = timestamp of the first "
                      "changelog record holding the event − its ts, measured outside the worker (durable)")
     _plot_freshness(ctx, sec, rows)
-
-
-def _wait_handled(port: int, n: int, timeout: float) -> float:
-    """Wait until the worker is done with ``n`` input events; returns the seconds it took."""
-    from bench.live import HANDLED_COUNTERS, handled, scrape
-    t0 = time.monotonic()
-    while handled(scrape(port, HANDLED_COUNTERS)) < n:
-        if time.monotonic() - t0 > timeout:
-            raise RuntimeError(f"the worker did not process {n} events within {timeout:.0f}s of the phase end")
-        time.sleep(0.1)
-    return time.monotonic() - t0
 
 
 def _plot_freshness(ctx: Ctx, sec: Section, rows: list[tuple[float, np.ndarray, list[float | None]]]) -> None:
