@@ -129,6 +129,16 @@ def gather_batch(table: ItemTable, action: np.ndarray, item_row: np.ndarray, act
     return batch
 
 
+def _request_times(request_ts: Sequence[int] | int, b: int) -> np.ndarray:
+    """(B,) int64 request times (ms) from B of them, or one broadcast to all B rows."""
+    req = np.asarray(request_ts, dtype=np.int64).reshape(-1)
+    if req.shape[0] == 1 and b != 1:
+        req = np.repeat(req, b)
+    if req.shape[0] != b:
+        raise ValueError(f"{req.shape[0]} request times for {b} sequences")
+    return req
+
+
 def build_batch(seqs: Sequence[Sequence[Act]], request_ts: Sequence[int], item_lookup: ItemLookup | None,
                 seq_len: int, cand_ids: Sequence[str] | None = None, *, item_dim: int | None = None,
                 hash_buckets: int = DEFAULT_HASH_BUCKETS, labels: np.ndarray | None = None,
@@ -151,11 +161,7 @@ def build_batch(seqs: Sequence[Sequence[Act]], request_ts: Sequence[int], item_l
     b = len(seqs)
     if cand_ids is not None and len(cand_ids) != b:
         raise ValueError(f"{len(cand_ids)} candidates for {b} sequences")
-    req = np.asarray(request_ts, dtype=np.int64).reshape(-1)
-    if req.shape[0] == 1 and b != 1:
-        req = np.repeat(req, b)
-    if req.shape[0] != b:
-        raise ValueError(f"{req.shape[0]} request times for {b} sequences")
+    req = _request_times(request_ts, b)
     shared = cand_ids is not None and b > 1 and all(s is seqs[0] for s in seqs)  # one user x n candidates
     ids: dict[str, None] = {}
     for seq in seqs[:1] if shared else seqs:
@@ -184,11 +190,7 @@ def build_batch_from_blobs(blobs: Sequence[bytes | None], request_ts: Sequence[i
     the equality on the worker's own blobs (tensor for tensor, dtype and value).
     """
     b = len(blobs)
-    req = np.asarray(request_ts, dtype=np.int64).reshape(-1)
-    if req.shape[0] == 1 and b != 1:
-        req = np.repeat(req, b)
-    if req.shape[0] != b:
-        raise ValueError(f"{req.shape[0]} request times for {b} sequences")
+    req = _request_times(request_ts, b)
     action = np.zeros((b, seq_len), np.int64)
     item_row = np.zeros((b, seq_len), np.int64)
     ts = np.zeros((b, seq_len), np.int64)
