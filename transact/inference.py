@@ -280,12 +280,8 @@ class _FusedTransAct:
             x = first.finish(pre.view(n, length, d).add_(cand_term.unsqueeze(1)))
             for layer in self.layers[1:]:
                 x = layer.forward(x)
-            out.append(self.compress(x))
+            out.append(_compress(self.cfg, x))
         return torch.cat(out)
-
-    def compress(self, o: Tensor) -> Tensor:
-        """o (C, L, d), no padding -> (C, out_dim)."""
-        return _compress(self.cfg, o)
 
 
 def _compress(cfg: TransActConfig, o: Tensor) -> Tensor:
