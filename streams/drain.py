@@ -150,7 +150,7 @@ class SeekSafeConsumer(AIOKafkaConsumer):
         self._committed_offset.update({ensure_TP(tp): offset if offset else None
                                        for tp, offset in committed.items() if offset is not None})
         known = {f"{tp.topic}[{tp.partition}]": off for tp, off in sorted(self._read_offset.items())
-                 if off is not None and not tp.topic.endswith("-changelog")}
+                 if off is not None and acks_enabled_for(tp.topic)}
         self.log.info("seeked to committed offsets %s; %d partitions without one to their beginning", known,
                       len(unset))
 
