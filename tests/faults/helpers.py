@@ -27,7 +27,7 @@ import orjson
 
 from streams.events import Event
 from streams.sequence import KEY, Act, SequenceCodec
-from tests.streams.harness import WorkerProc, http_get, wait_for_state
+from tests.streams.harness import WorkerProc, http_get, log_lines, wait_for_state
 
 __all__ = ["Counts", "api_state", "check_state", "compare", "uid", "wait_handled"]
 
@@ -167,12 +167,7 @@ def check_state(name: str, bootstrap: str, changelog: str, expected: dict[str, l
 def seek_and_gap_lines(worker: WorkerProc, n: int = 30) -> list[str]:
     """A failed check's clues from the worker's log (all its runs): every seek with the read offsets it left,
     every input gap (offsets Faust would count as acknowledged without handing them over), WARNING / ERROR."""
-    try:
-        text = worker.log_path.read_text(errors="replace")
-    except OSError:
-        return ["(no log)"]
-    keys = ("seeked to committed", "never handed over", " WARNING ", " ERROR ", "Worker ready", "Signal received")
-    return [line[:400] for line in text.splitlines() if any(k in line for k in keys)][-n:]
+    return log_lines(worker, n, also=("seeked to committed", "never handed over", "Worker ready", "Signal received"))
 
 
 def assert_zero(log_counts: Counts, api_counts: Counts | None) -> None:

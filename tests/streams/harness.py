@@ -222,14 +222,20 @@ def group_offsets(bootstrap: str, group: str, topic: str) -> str:
     return f"committed {dict(sorted(committed.items()))}, end {dict(sorted(end.items()))}"
 
 
-def log_problems(worker: WorkerProc, n: int = 40) -> str:
-    """The ERROR / WARNING / 'processing error' lines of a worker's log (the last ``n``)."""
+def log_lines(worker: WorkerProc, n: int = 40, also: tuple[str, ...] = ()) -> list[str]:
+    """The last ``n`` ERROR / WARNING / Traceback lines of a worker's log (all its runs), plus those holding
+    any of ``also`` (each cut at 400 characters)."""
     try:
         text = worker.log_path.read_text(errors="replace")
     except OSError:
-        return "(no log)"
-    hits = [line for line in text.splitlines() if " ERROR " in line or " WARNING " in line or "Traceback" in line]
-    return "\n".join(hits[-n:]) or "(no ERROR or WARNING lines)"
+        return ["(no log)"]
+    keys = (" ERROR ", " WARNING ", "Traceback", *also)
+    return [line[:400] for line in text.splitlines() if any(k in line for k in keys)][-n:]
+
+
+def log_problems(worker: WorkerProc, n: int = 40) -> str:
+    """The ERROR / WARNING / Traceback lines of a worker's log (the last ``n``), one string."""
+    return "\n".join(log_lines(worker, n)) or "(no ERROR or WARNING lines)"
 
 
 def wait_for_state(bootstrap: str, changelog: str, expected: dict[str, list[Act]],
