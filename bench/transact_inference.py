@@ -7,10 +7,11 @@ initialised weights (speed does not depend on the weights):
 * :class:`transact.inference.Encoder` (candidate-free, d 64): users with full 100-action sequences,
   batch sizes 1 / 16 / 128: p50 / p99 latency and sequences/s (batch / p50);
 * :class:`transact.inference.Scorer` as the worker builds it (int8 DCN cross layers, the
-  ``ACTIONSTREAM_SCORE_INT8_DCN`` default): 1 user (100 actions) x 100 / 500 / 1000 candidates, p50 / p99
+  ``ACTIONSTREAM_SCORE_INT8_DCN`` default, and bf16 transformer GEMMs where the CPU has AVX512-BF16 / AMX,
+  the ``ACTIONSTREAM_SCORE_BF16=auto`` default): 1 user (100 actions) x 100 / 500 / 1000 candidates, p50 / p99
   of the whole ``score()`` call (feature building from an item store included), plus 500 candidates for a
-  user with 20 actions (padding skipped), and 1 x 500 with float32 cross layers (exactly the model's
-  forward) measured in turn with the int8 calls, so the two share the machine's state;
+  user with 20 actions (padding skipped), and 1 x 500 in float32 throughout (exactly the model's forward)
+  measured in turn with the worker's calls, so the two share the machine's state;
 * the direct port of the official forward (``bench/transact_direct_port.py``, nhead 2, float padding
   mask) on the same 1 x 500 request, with the same DCN v2 + MLP head, and the speed-up ratio (p50/p50);
 * the max |fast - reference| logit difference on the measured request (parity, for the record).
@@ -37,7 +38,7 @@ from bench.transact_direct_port import DirectPortTransAct
 from streams.items import MemoryItemStore
 from streams.sequence import Act
 from transact.features import build_batch
-from transact.inference import Encoder, Scorer
+from transact.inference import Encoder, Scorer, bf16_native
 from transact.model import RankingConfig, RankingModel, TransAct, TransActConfig
 
 REQ = 1_700_000_000_000
@@ -119,16 +120,17 @@ def measure(*, threads: int = 2, quick: bool = False, seed: int = 0, progress: b
         res[f"encoder_b{b}_seq_per_s"] = b / (p50 / 1e3)
 
     model = RankingModel(RankingConfig()).eval()
-    scorer = Scorer(model, items, threads=threads, int8_cross=True)
+    scorer = Scorer(model, items, threads=threads, int8_cross=True, bf16=bf16_native())  # the worker's defaults
     exact = Scorer(model, items, threads=threads)
     res["int8_dcn"] = scorer.cross8 is not None
+    res["bf16"] = scorer.bf16
     user = _seq(100, rng)
     for c in (100, 500, 1000):
         cands = [f"i{k}" for k in rng.integers(0, 5000, c)]
         if c == 500:  # int8 and float32 cross layers call by call, so both see the same machine
             ts, ts32 = _time_pair(functools.partial(scorer.score, user, cands, REQ),
                                   functools.partial(exact.score, user, cands, REQ), reps["score"],
-                                  desc=desc("score 1x500 (int8 / float32 DCN)"), cpu_key="score_c500_cpu_ms")
+                                  desc=desc("score 1x500 (worker / float32)"), cpu_key="score_c500_cpu_ms")
             res["score_c500_fp32_p50_ms"], res["score_c500_fp32_p99_ms"] = _pct(ts32)
         else:
             ts = _time(functools.partial(scorer.score, user, cands, REQ), reps["score"] if c < 500 else reps["score"] // 2,
@@ -163,6 +165,12 @@ def measure(*, threads: int = 2, quick: bool = False, seed: int = 0, progress: b
     return res
 
 
+def _bf16_words(res: dict[str, Any]) -> str:
+    if res["bf16"]:
+        return "bf16 operands (this CPU has AVX512-BF16 / AMX; ACTIONSTREAM_SCORE_BF16=auto)"
+    return "float32 (no AVX512-BF16 / AMX on this CPU: ACTIONSTREAM_SCORE_BF16=auto keeps float32)"
+
+
 def to_markdown(res: dict[str, Any]) -> str:
     lines = [f"### TransAct inference ({res['threads']} threads: encoder intra-op, scorer candidate slices{', quick' if res['quick'] else ''})", "",
              "| measure | p50 | p99 | throughput / CPU per call |", "|---|---:|---:|---:|"]
@@ -174,7 +182,7 @@ def to_markdown(res: dict[str, Any]) -> str:
                      f"{res[f'score_c{c}_p99_ms']:.1f} ms | {res[f'score_c{c}_cpu_ms']:.0f} ms CPU |")
     lines.append(f"| score 1 user (20 actions) x 500 | {res['score_c500_len20_p50_ms']:.1f} ms | "
                  f"{res['score_c500_len20_p99_ms']:.1f} ms | |")
-    lines.append(f"| score 1 x 500, float32 DCN (exact) | {res['score_c500_fp32_p50_ms']:.1f} ms | "
+    lines.append(f"| score 1 x 500, float32 throughout (exact) | {res['score_c500_fp32_p50_ms']:.1f} ms | "
                  f"{res['score_c500_fp32_p99_ms']:.1f} ms | |")
     lines.append(f"| direct port of the official forward, 1 x 500 | {res['direct_port_c500_p50_ms']:.0f} ms | "
                  f"{res['direct_port_c500_p99_ms']:.0f} ms | {res['direct_port_c500_cpu_ms']:.0f} ms CPU |")
@@ -186,7 +194,8 @@ def to_markdown(res: dict[str, Any]) -> str:
               f"{'met' if ok99 else 'NOT met'})",
               f"- CPU time per call, direct port / fast (1 x 500): {res['cpu_speedup_vs_direct_port']:.2f}x",
               f"- DCN cross layers: {'int8 (the worker default)' if res['int8_dcn'] else 'float32 (no int8 GEMM here)'}",
-              f"- parity (float32 DCN): max |fast - RankingModel.forward| logit difference "
+              f"- transformer GEMMs: {_bf16_words(res)}",
+              f"- parity (float32 throughout): max |fast - RankingModel.forward| logit difference "
               f"{res['parity_max_abs_logit_diff']:.1e}",
               f"- 1-minute load average at the end: {res['load_average_1m']:.1f} on {os.cpu_count()} CPUs "
               "(other work on the machine inflates wall times)",
@@ -213,17 +222,18 @@ def run(section: Any = None, *, threads: int = 2, quick: bool = False, seed: int
             else:
                 section.add(f"score 1 x {c}: p99", p99, "ms")
         section.add("score 1 x 500, 20-action user: p50", res["score_c500_len20_p50_ms"], "ms")
-        section.add("score 1 x 500, float32 DCN (exact): p50", res["score_c500_fp32_p50_ms"], "ms")
-        section.add("score 1 x 500, float32 DCN (exact): p99", res["score_c500_fp32_p99_ms"], "ms")
+        section.add("score 1 x 500, float32 throughout (exact): p50", res["score_c500_fp32_p50_ms"], "ms")
+        section.add("score 1 x 500, float32 throughout (exact): p99", res["score_c500_fp32_p99_ms"], "ms")
         section.add("direct port 1 x 500: p50", res["direct_port_c500_p50_ms"], "ms")
         section.add("speed-up vs direct port", res["speedup_vs_direct_port"], "×", target=f"≥ {SPEEDUP_TARGET:.0f}×",
                     ok=res["speedup_vs_direct_port"] >= SPEEDUP_TARGET)
         section.add("score 1 x 500: CPU per call", res["score_c500_cpu_ms"], "ms")
         section.add("direct port 1 x 500: CPU per call", res["direct_port_c500_cpu_ms"], "ms")
-        section.add("parity max |Δ logit| (float32 DCN)", res["parity_max_abs_logit_diff"], "")
+        section.add("parity max |Δ logit| (float32 throughout)", res["parity_max_abs_logit_diff"], "")
         section.notes.append(f"DCN cross layers {'int8' if res['int8_dcn'] else 'float32 (no int8 GEMM in this torch)'} "
                              "as the worker scores (ACTIONSTREAM_SCORE_INT8_DCN); accuracy: `actionstream eval "
                              "transact --int8-dcn` on a trained model (README)")
+        section.notes.append(f"transformer GEMMs {_bf16_words(res)}; accuracy: `actionstream eval transact --bf16`")
         section.notes.append(f"{threads} torch threads, OMP_WAIT_POLICY={res['omp_wait_policy'] or '(unset)'}; default "
                              "model shapes, random weights; user sequences of 100 actions; scoring time includes "
                              "feature building from an in-memory item store")

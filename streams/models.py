@@ -102,22 +102,27 @@ def torch_threads_for_scoring() -> None:
 
 def load_models(settings: WorkerSettings) -> Models:
     """Load the configured checkpoints (CPU, eval mode). Raises :class:`ConfigError` on any problem."""
-    from transact.inference import Encoder, Scorer
+    from transact.inference import Encoder, Scorer, bf16_native
 
     models = Models(items=load_items(settings.items_path))
     threads = settings.torch_threads
     if settings.transact_checkpoint is not None:
         path, var = Path(settings.transact_checkpoint), "ACTIONSTREAM_TRANSACT_CHECKPOINT"
         try:
+            bf16 = settings.score_bf16 == "on" or (settings.score_bf16 == "auto" and bf16_native())
+            if settings.score_bf16 == "on" and not bf16_native():
+                log.warning("ACTIONSTREAM_SCORE_BF16=on on a CPU without AVX512-BF16 / AMX: torch emulates bf16 "
+                            "and scoring gets slower, not faster")
             scorer = Scorer.from_checkpoint(path, models.items, threads=settings.score_threads,
-                                            int8_cross=settings.score_int8_dcn)
+                                            int8_cross=settings.score_int8_dcn, bf16=bf16)
         except Exception as exc:  # noqa: BLE001 - unreadable, wrong format, wrong kind
             raise ConfigError(f"{var}: cannot load {path}: {type(exc).__name__}: {exc}") from None
         t = scorer.cfg.encoder_config
         _check_vocab(var, path, scorer.vocab, t.n_actions, t.item_dim, settings, models.items)
         models.scorer = scorer
-        log.info("ranking model %s loaded from %s (heads %s, daily_dim %d, DCN %s)", scorer.model_version, path,
-                 ",".join(scorer.heads), scorer.cfg.daily_dim, "float32" if scorer.cross8 is None else "int8")
+        log.info("ranking model %s loaded from %s (heads %s, daily_dim %d, DCN %s, transformer GEMMs %s)",
+                 scorer.model_version, path, ",".join(scorer.heads), scorer.cfg.daily_dim,
+                 "float32" if scorer.cross8 is None else "int8", "bf16" if scorer.bf16 else "float32")
     if settings.realtime_checkpoint is not None:
         path, var = Path(settings.realtime_checkpoint), "ACTIONSTREAM_REALTIME_CHECKPOINT"
         try:

@@ -270,6 +270,10 @@ class WorkerSettings(KafkaSettings, EventSettings):
     score_int8_dcn: bool = Field(True, description="score with int8 DCN cross layers (VNNI int8 GEMMs, per-row "
                                  "scales; `actionstream eval transact --int8-dcn` shows what it changes); "
                                  "false = float32, exactly the model's forward")
+    score_bf16: Literal["auto", "on", "off"] = Field(
+        "auto", description="score with bfloat16 GEMM operands in the transformer (float32 LayerNorm, softmax and "
+        "sums; `actionstream eval transact --bf16` shows what it changes): auto = where the CPU has "
+        "AVX512-BF16 or AMX (elsewhere bf16 GEMMs are emulated and 3-4x slower), on, off = float32")
 
     @field_validator("archive_dir", "data_dir", "transact_checkpoint", "realtime_checkpoint", "items_path",
                      mode="before")

@@ -36,7 +36,7 @@ import torch
 
 from transact.data import PointInTimeData
 
-__all__ = ["Int8Dcn", "auc", "evaluate", "hit_at_k", "hits_per_request", "markdown_table", "paired_delta", "precision_report",
+__all__ = ["ServingPath", "auc", "evaluate", "hit_at_k", "hits_per_request", "markdown_table", "paired_delta", "precision_report",
            "score", "standard_error"]
 
 log = logging.getLogger(__name__)
@@ -163,20 +163,29 @@ def evaluate(model: torch.nn.Module, data: PointInTimeData, idx: np.ndarray, *, 
     return result
 
 
-class Int8Dcn(torch.nn.Module):
-    """A RankingModel scored as the serving path does with ``int8_cross=True``: the float32 features, then
-    ``head_logits`` with the int8 DCN cross layers of :func:`transact.inference.int8_cross_layers` (CPU only)."""
+class ServingPath(torch.nn.Module):
+    """A RankingModel scored with the serving path's reduced precision: ``int8_dcn`` = the int8 DCN cross
+    layers of :func:`transact.inference.int8_cross_layers` (``Scorer(int8_cross=True)``), ``bf16`` = the
+    fused transformer with bf16 GEMMs, one example at a time (``Scorer(bf16=True)``,
+    :func:`transact.inference.serving_sequence`); float32 everywhere else. CPU only."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        from transact.inference import int8_available, int8_cross_layers
+    def __init__(self, model: torch.nn.Module, *, int8_dcn: bool = False, bf16: bool = False) -> None:
+        from transact.inference import int8_available, int8_cross_layers, serving_sequence
         super().__init__()
-        if not int8_available():
+        if int8_dcn and not int8_available():
             raise RuntimeError("this torch build has no CPU int8 GEMM (torch._int_mm)")
         self.model = model
-        self.cross8 = int8_cross_layers(model)  # type: ignore[arg-type]
+        self.cross8 = int8_cross_layers(model) if int8_dcn else None  # type: ignore[arg-type]
+        self.sequence = serving_sequence(model, bf16=True) if bf16 else None  # type: ignore[arg-type]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model.head_logits(self.model.features(batch), self.cross8)  # type: ignore[operator]
+        m = self.model
+        if self.sequence is None:
+            x0 = m.features(batch)  # type: ignore[operator]
+        else:
+            cand = m.items(batch["cand_vec"], batch["cand_has_vec"], batch["cand_hash"])  # type: ignore[operator]
+            x0 = m.join(self.sequence(batch, cand), cand, batch)  # type: ignore[operator]
+        return m.head_logits(x0, self.cross8)  # type: ignore[operator]
 
 
 def precision_report(model: torch.nn.Module, other: torch.nn.Module, data: PointInTimeData, idx: np.ndarray, *,
@@ -235,6 +244,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8-dcn", action="store_true",
                    help="also score with the serving path's int8 DCN cross layers (ACTIONSTREAM_SCORE_INT8_DCN) "
                         "and print both rows, their paired HIT@3 differences and how far the probabilities moved")
+    p.add_argument("--bf16", action="store_true",
+                   help="also score with the serving path's bf16 transformer GEMMs (ACTIONSTREAM_SCORE_BF16; "
+                        "one example at a time, slower) and print the same comparison")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -269,20 +281,26 @@ def run(args: argparse.Namespace) -> int:
     result["checkpoint"] = str(s.checkpoint)
     result["split"] = s.split
     rows = {vocab.get("model_name", "model"): result}
-    if getattr(args, "int8_dcn", False):
-        int8 = Int8Dcn(model)
-        rows["int8 DCN (serving)"] = evaluate(int8, data, idx, seq_len=seq_len, negative_heads=s.negative_heads,
-                                              batch_size=s.batch_size, device=device, seed=s.seed)
-        result["int8_dcn"] = rows["int8 DCN (serving)"] | precision_report(model, int8, data, idx, seq_len=seq_len)
+    variants = [(key, label, kw) for key, label, kw in (("int8_dcn", "int8 DCN (serving)", {"int8_dcn": True}),
+                                                       ("bf16", "bf16 transformer (serving)", {"bf16": True}))
+                if getattr(args, key, False)]
+    if variants and device.type != "cpu":
+        model.to("cpu")  # the serving path's int8 / bf16 GEMMs are CPU kernels
+        device = torch.device("cpu")
+    for key, label, kw in variants:
+        other = ServingPath(model, **kw)
+        rows[label] = evaluate(other, data, idx, seq_len=seq_len, negative_heads=s.negative_heads,
+                               batch_size=s.batch_size, device=device, seed=s.seed)
+        result[key] = rows[label] | precision_report(model, other, data, idx, seq_len=seq_len)
     print(markdown_table(rows, data.heads))  # noqa: T201
     print(f"\n{result['examples']} examples in {result['requests']} requests ({s.split} split)")  # noqa: T201
-    if "int8_dcn" in result:
-        q = result["int8_dcn"]
+    for key, label, _ in variants:
+        q = result[key]
         for h in data.heads:
             d, se = paired_delta(q, result, h)
-            print(f"int8 - float32 HIT@3 {h}: {d:+.4f} ± {se:.4f}")  # noqa: T201
-        print(f"probabilities moved: max |Δp| {q['max_abs_dp']:.2e}, mean {q['mean_abs_dp']:.2e}; requests whose "  # noqa: T201
-              f"top 3 changed (any head): {q['top3_changed']:.1%}")
+            print(f"{label.split()[0]} - float32 HIT@3 {h}: {d:+.4f} ± {se:.4f}")  # noqa: T201
+        print(f"{label}: probabilities moved: max |Δp| {q['max_abs_dp']:.2e}, mean {q['mean_abs_dp']:.2e}; "  # noqa: T201
+              f"requests whose top 3 changed (any head): {q['top3_changed']:.1%}")
     if s.out:
         s.out.parent.mkdir(parents=True, exist_ok=True)
         s.out.write_text(json.dumps(result, indent=2))

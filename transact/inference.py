@@ -29,10 +29,11 @@ share torch's thread pool), and build every batch through :func:`transact.featur
   4. **Cache-sized chunks of candidates**: every later tensor is (chunk, L, d) and stays in cache
      instead of streaming 19 MB tensors through memory for each elementwise step.
 
-  The transformer stays float32. Reduced precision measured on this CPU (Xeon, AVX-512 with VNNI, without
-  BF16/AMX, 1 thread): bf16 matmuls ran 3-4x SLOWER than fp32 and fp16 ~40x slower; an int8 GEMM
-  (``torch._int_mm``, VNNI) ran 3.5-4x faster than fp32, but quantizing the (C L, 96) activations of the
-  transformer's small GEMMs costs as much as it saves. Only the **DCN cross layers** are worth it (see 7).
+  Reduced precision depends on the CPU. On a Xeon with AVX-512 + VNNI but without BF16/AMX (1 thread):
+  bf16 matmuls ran 3-4x SLOWER than fp32 and fp16 ~40x slower; an int8 GEMM (``torch._int_mm``, VNNI)
+  ran 3.5-4x faster than fp32, but quantizing the (C L, 96) activations of the transformer's small GEMMs
+  costs as much as it saves: there only the **DCN cross layers** are worth it (see 7). On a CPU with
+  AVX512-BF16 (AMD EPYC) the transformer's GEMMs are worth it in bf16 (see 8).
   ``F.scaled_dot_product_attention`` for
   the later layers measured no faster than bmm + softmax at these sizes, and ``torch.compile`` of a
   layer took 89 s to compile and ran no faster (6.9 vs 6.3 ms per 32-candidate chunk): neither is used.
@@ -58,6 +59,14 @@ share torch's thread pool), and build every batch through :func:`transact.featur
      candidate's result does not depend on its batch), int32 accumulation, float32 everywhere else. The
      accuracy check (``actionstream eval transact --int8-dcn``) compares HIT@3 / AUC and the probabilities
      with the float32 path on a trained model; the parity test pins ``int8_cross=False``.
+  8. **bf16 GEMMs in the transformer** (``bf16=True``; the worker's ``ACTIONSTREAM_SCORE_BF16=auto`` turns
+     them on where :func:`bf16_native`): every GEMM of the two layers (QK/V projection, scores, P V, the
+     FFN, layer 1's P (s N)) takes bfloat16 operands; x, the residual sums, LayerNorm and layer 1's softmax
+     stay float32, because torch's CPU LayerNorm, softmax, max-pool and adds ran slower on bf16 tensors
+     than on float32 ones (all-bf16 was no faster overall). Measured on an AMD EPYC with AVX512-BF16,
+     1 x 500, 1 thread: the transformer part 113 -> 92 ms; 2 slices p50 / p99 65 / 80 -> 58 / 65 ms. The
+     accuracy check (``actionstream eval transact --bf16``) compares HIT@3 / AUC and the probabilities with
+     float32 on a trained model; the parity test pins bf16 to the float32 logits within 5e-3.
 """
 
 from __future__ import annotations
@@ -65,9 +74,9 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +90,8 @@ from streams.sequence import Act
 from transact.features import build_batch, build_batch_from_blobs
 from transact.model import RankingModel, TransAct, TransActConfig, load_checkpoint
 
-__all__ = ["Encoder", "Int8Linear", "Scorer", "int8_available", "int8_cross_layers"]
+__all__ = ["Encoder", "Int8Linear", "Scorer", "bf16_native", "int8_available", "int8_cross_layers",
+           "serving_sequence"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +132,17 @@ def int8_cross_layers(model: RankingModel) -> list[Int8Linear]:
     return [Int8Linear.of(layer.linear) for layer in model.cross]  # type: ignore[arg-type]
 
 
+def bf16_native() -> bool:
+    """This CPU has bf16 dot-product instructions (AVX512-BF16 or AMX), so oneDNN's bf16 GEMMs beat float32.
+
+    Without them torch emulates bf16 and its GEMMs ran 3-4x slower than float32 (Xeon with AVX-512 + VNNI).
+    """
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes
+        return False
+
+
 def int8_available() -> bool:
     """``torch._int_mm`` runs on this build's CPU (checked once with a tiny product)."""
     try:
@@ -149,6 +170,7 @@ class _Layer:
     w1t: Tensor  # (d, F)
     b1: Tensor
     w2t: Tensor  # (F, d); the FFN's output bias is in ln1's shift (see fold)
+    half: dict[str, Tensor] | None = None  # bf16 copies of the GEMM weights (:meth:`with_bf16`), or None
 
     @classmethod
     def fold(cls, layer: nn.TransformerEncoderLayer) -> _Layer:
@@ -181,12 +203,24 @@ class _Layer:
                    w1t=w1.T.float().contiguous(), b1=(layer.linear1.bias.detach().double() - w1 @ b2).float(),
                    w2t=layer.linear2.weight.detach().T.contiguous())
 
+    def with_bf16(self) -> _Layer:
+        """The same layer with its GEMMs in bfloat16 (inputs cast per call, float32 everywhere else)."""
+        if self.m.shape[0] != 1:
+            raise ValueError("bf16 GEMMs are implemented for nhead == 1")
+        half = {"mn": self.mn, "u": self.u[0], "w1t": self.w1t, "b1": self.b1, "w2t": self.w2t}
+        return replace(self, half={k: v.to(torch.bfloat16) for k, v in half.items()})
+
     def finish(self, pre: Tensor) -> Tensor:
         """pre = x + attention(x), (C, L, d) -> LN1, FFN + residual, LN2 -> (C, L, d). ``pre`` is reused."""
         shape, d = pre.shape, pre.shape[-1]
         y = F.layer_norm(pre, (d,), *self.ln1[:2], self.ln1[2]).view(-1, d)  # (C*L, d): y + b2 (see fold)
-        h = torch.addmm(self.b1, y, self.w1t).relu_()  # (C*L, F)
-        z = y.addmm_(h, self.w2t)  # residual + FFN, the GEMM accumulating into y in place
+        if self.half is not None:
+            hf = self.half
+            h = torch.addmm(hf["b1"], y.to(torch.bfloat16), hf["w1t"]).relu_()  # (C*L, F) bf16
+            z = y.add_(torch.mm(h, hf["w2t"]))
+        else:
+            h = torch.addmm(self.b1, y, self.w1t).relu_()  # (C*L, F)
+            z = y.addmm_(h, self.w2t)  # residual + FFN, the GEMM accumulating into y in place
         return F.layer_norm(z, (d,), *self.ln2[:2], self.ln2[2]).view(shape)
 
     def forward(self, x: Tensor, key_bias: Tensor | None = None) -> Tensor:
@@ -194,7 +228,16 @@ class _Layer:
         else (C, 1, L) with 0 at real keys and -inf at padded ones. ``x`` is overwritten."""
         heads, (n, length, d) = self.m.shape[0], x.shape
         xt = x.transpose(1, 2)  # (C, d, L)
-        if heads == 1:
+        if self.half is not None:  # the same steps with bf16 GEMM operands; x, the residual and LN in float32
+            hf = self.half
+            xb = x.to(torch.bfloat16)
+            q, v = torch.mm(xb.view(-1, d), hf["mn"]).view(n, length, 2 * d).split(d, -1)
+            q.add_(hf["u"])
+            s = torch.bmm(q, xb.transpose(1, 2))  # (C, L, L) bf16
+            if key_bias is not None:
+                s.add_(key_bias)
+            pre = x.add_(self.c).add_(torch.bmm(torch.softmax(s, -1), v))
+        elif heads == 1:
             # no bias in the GEMM (torch copies a broadcast bias into the output first): u goes into the q
             # half in place, c into the residual (rows of P sum to 1: P (x N + c) = P x N + c)
             q, v = torch.mm(x.view(-1, d), self.mn).view(n, length, 2 * d).split(d, -1)
@@ -223,17 +266,20 @@ class _Request:
     g: list[Tensor]
     sn: list[Tensor]
     nc: list[Tensor]
+    sn16: list[Tensor]
     s_rep: Tensor
 
 
 class _FusedTransAct:
     """TransAct with early fusion, evaluated for one sequence x many candidates (see module docstring)."""
 
-    def __init__(self, enc: TransAct, chunk: int) -> None:
+    def __init__(self, enc: TransAct, chunk: int, bf16: bool = False) -> None:
         self.cfg = enc.cfg
         if not self.cfg.early_fusion:
             raise ValueError("the fused path is for early fusion")
         self.layers = [_Layer.fold(layer) for layer in enc.encoder.layers]  # type: ignore[arg-type]
+        if bf16:  # (module docstring, 8)
+            self.layers = [layer.with_bf16() for layer in self.layers]
         self.di = self.cfg.item_dim
         self.chunk = chunk
 
@@ -251,12 +297,14 @@ class _FusedTransAct:
         first = self.layers[0]
         s = F.pad(s, (0, di))  # (L, d): zeros in the candidate slot
         heads = first.m.shape[0]
+        sn = [s @ first.n[k] for k in range(heads)]
         return _Request(
             length=length,
             a=[(s @ first.m[k] + first.u[k]) @ s.T for k in range(heads)],  # (L, L): sequence-only scores
             g=[first.m[k][d - di:] @ s.T for k in range(heads)],  # (Di, L): candidate x sequence scores
-            sn=[s @ first.n[k] for k in range(heads)],  # (L, d): sequence values
+            sn=sn,  # (L, d): sequence values
             nc=[first.n[k][d - di:] for k in range(heads)],  # (Di, d): candidate values
+            sn16=[t.to(torch.bfloat16) for t in sn] if first.half is not None else [],  # bf16 GEMMs: sn in bf16
             s_rep=s.repeat(min(candidates, self.chunk), 1))  # (chunk L, d)
 
     def run(self, req: _Request | None, cand: Tensor) -> Tensor:
@@ -275,7 +323,10 @@ class _FusedTransAct:
             pre = req.s_rep[: n * length]  # (c' L, d): s repeated (never written: addmm makes a new tensor)
             for k in range(len(req.a)):
                 p = torch.softmax(req.a[k] + (cc @ req.g[k]).unsqueeze(1), -1)  # (c', L, L)
-                pre = torch.addmm(pre, p.view(n * length, length), req.sn[k])
+                if req.sn16:
+                    pre = pre + torch.mm(p.view(n * length, length).to(torch.bfloat16), req.sn16[k])
+                else:
+                    pre = torch.addmm(pre, p.view(n * length, length), req.sn[k])
                 cand_term += cc @ req.nc[k]
             x = first.finish(pre.view(n, length, d).add_(cand_term.unsqueeze(1)))
             for layer in self.layers[1:]:
@@ -361,6 +412,28 @@ def _score_thread_init() -> None:
     torch.set_flush_denormal(True)
 
 
+def serving_sequence(model: RankingModel, *, bf16: bool) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
+    """The scorer's sequence features for a batch of (user, candidate) rows, one row at a time (accuracy
+    checks: :class:`transact.evaluate.ServingPath`): ``(batch, cand (B, Di)) -> (B, seq_dim)``, with the
+    fused early-fusion path (bf16 GEMMs when ``bf16``) that :class:`Scorer` runs per request."""
+    tr = model.transact
+    if tr is None or not tr.cfg.early_fusion or (bf16 and tr.cfg.nhead != 1):
+        raise ValueError("the fused path needs an early-fusion TransAct (1 head for bf16)")
+    fused = _FusedTransAct(tr, DEFAULT_CHUNK, bf16)
+
+    def run(batch: dict[str, Tensor], cand: Tensor) -> Tensor:
+        out = []
+        for r in range(cand.shape[0]):
+            n = int((batch["action"][r] != 0).sum())  # real actions come first (the batch contract)
+            rows = torch.cat([tr.action_emb(batch["action"][r, :n]),
+                              model.items(batch["item_vec"][r, :n], batch["item_has_vec"][r, :n],
+                                          batch["item_hash"][r, :n])], -1)  # (n, d - Di)
+            out.append(fused.run(fused.prepare(rows, 1), cand[r:r + 1]))
+        return torch.cat(out)
+
+    return run
+
+
 def _real_length(batch: dict[str, Tensor]) -> int:
     return int((batch["action"] != 0).sum(1).max()) if batch["action"].numel() else 0
 
@@ -369,13 +442,16 @@ class Scorer:
     """One user x many candidates with a :class:`~transact.model.RankingModel` (eval mode)."""
 
     def __init__(self, model: RankingModel, item_lookup: ItemLookup | None, *, threads: int = 1,
-                 chunk: int = DEFAULT_CHUNK, vocab: dict[str, Any] | None = None, int8_cross: bool = False) -> None:
+                 chunk: int = DEFAULT_CHUNK, vocab: dict[str, Any] | None = None, int8_cross: bool = False,
+                 bf16: bool = False) -> None:
         """threads: cores one request may use (from the worker's settings). With ``threads > 1`` the
         candidates of a request are split into ``threads`` slices scored on as many pool threads, each
         running torch single-threaded (torch's intra-op pool is process-wide and set to 1 here): the
         slices share nothing, so there is no per-op OpenMP barrier, which made 2 intra-op threads slower
         than 1 on busy cores (module docstring). int8_cross: the DCN cross layers as int8 GEMMs (module
-        docstring, 7); float32 (exactly ``RankingModel.forward``) when False or where torch has no int8 GEMM."""
+        docstring, 7); float32 (exactly ``RankingModel.forward``) when False or where torch has no int8 GEMM.
+        bf16: the transformer's GEMMs with bfloat16 operands (module docstring, 8; pass :func:`bf16_native`
+        for "where this CPU multiplies bf16 natively"); float32 when False."""
         if threads < 1 or chunk < 1:
             raise ValueError("threads and chunk must be >= 1")
         torch.set_num_threads(1 if threads > 1 else threads)
@@ -392,7 +468,12 @@ class Scorer:
         t = self.cfg.encoder_config
         self.seq_len, self.item_dim, self.hash_buckets = t.seq_len, t.item_dim, t.hash_buckets
         tr = model.transact
-        self.fused = _FusedTransAct(tr, chunk) if tr is not None and tr.cfg.early_fusion else None
+        if bf16 and (tr is None or tr.cfg.nhead != 1):
+            log.warning("bf16 GEMMs are implemented for the 1-head early-fusion transformer: this model scores in "
+                        "float32")
+            bf16 = False
+        self.bf16 = bf16 and tr is not None and tr.cfg.early_fusion
+        self.fused = _FusedTransAct(tr, chunk, self.bf16) if tr is not None and tr.cfg.early_fusion else None
         self.cross8: list[Int8Linear] | None = None
         if int8_cross and int8_available():
             self.cross8 = int8_cross_layers(model)
@@ -405,11 +486,11 @@ class Scorer:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, item_store: ItemLookup | None, threads: int = 1,
-                        chunk: int = DEFAULT_CHUNK, int8_cross: bool = False) -> Scorer:
+                        chunk: int = DEFAULT_CHUNK, int8_cross: bool = False, bf16: bool = False) -> Scorer:
         model, _, vocab = load_checkpoint(path)
         if not isinstance(model, RankingModel):
             raise ValueError(f"{path}: a Scorer needs a RankingModel checkpoint, got {type(model).__name__}")
-        return cls(model, item_store, threads=threads, chunk=chunk, vocab=vocab, int8_cross=int8_cross)
+        return cls(model, item_store, threads=threads, chunk=chunk, vocab=vocab, int8_cross=int8_cross, bf16=bf16)
 
     @property
     def model_version(self) -> str:

@@ -13,6 +13,7 @@ from streams.settings import (
     EventSettings,
     KafkaSettings,
     ProducerSettings,
+    WorkerSettings,
 )
 
 
@@ -100,3 +101,14 @@ def test_security_kwargs_and_masking(tmp_path: Path) -> None:
                   "sasl_plain_password": "s3cret", "ssl_cafile": str(ca)}
     assert "s3cret" not in repr(s) and s.masked()["kafka_sasl_password"] == "**********"
     assert KafkaSettings.load().kafka_python_security() == {"security_protocol": "PLAINTEXT"}
+
+
+def test_score_bf16_choices(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert WorkerSettings.load(data_dir=tmp_path).score_bf16 == "auto"
+    monkeypatch.setenv("ACTIONSTREAM_SCORE_BF16", "off")
+    assert WorkerSettings.load(data_dir=tmp_path).score_bf16 == "off"
+    monkeypatch.setenv("ACTIONSTREAM_SCORE_BF16", "yes")
+    with pytest.raises(ConfigError) as err:
+        WorkerSettings.load(data_dir=tmp_path)
+    lines = [line for line in str(err.value).splitlines() if "ACTIONSTREAM_SCORE_BF16" in line]
+    assert len(lines) == 1 and "'auto', 'on' or 'off'" in lines[0], str(err.value)

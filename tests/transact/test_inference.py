@@ -22,7 +22,8 @@ import torch
 
 from streams.items import MemoryItemStore
 from streams.sequence import Act
-from transact.inference import Encoder, Int8Linear, Scorer, int8_available
+from transact.features import build_batch
+from transact.inference import Encoder, Int8Linear, Scorer, int8_available, serving_sequence
 from transact.model import RankingConfig, RankingModel, TransAct, TransActConfig, save_checkpoint
 
 REQ = 1_700_000_000_000
@@ -261,3 +262,48 @@ def test_int8_dcn_scores_close_to_float(items: MemoryItemStore) -> None:
     dp = np.abs(p32 - p8)
     assert 0 < dp.max() < 0.01
     assert np.corrcoef(p32[:, 0], p8[:, 0])[0, 1] > 0.999
+
+
+BF16_ATOL = 1e-2  # logits; bf16 operands carry 8 significant bits (~4e-3 relative); measured ~5e-4 here
+
+
+@pytest.mark.parametrize("sharpen", [1.0, 2.0])
+@pytest.mark.parametrize("length", [100, 23])
+def test_bf16_gemms_stay_close_to_float(items: MemoryItemStore, sharpen: float, length: int) -> None:
+    """The bf16 path really runs in bf16 (its logits differ from float32) and stays within BF16_ATOL of
+    the model's forward, with padding cut, chunks, two candidate slices and peakier attention (Q, K x2).
+    It runs on any CPU (emulated where the CPU has no bf16 instructions, only slower)."""
+    m = model()
+    assert m.transact is not None
+    with torch.no_grad():
+        for layer in m.transact.encoder.layers:
+            layer.self_attn.in_proj_weight[:192] *= sharpen
+    bf16 = Scorer(m, items, threads=2, chunk=8, bf16=True)
+    assert bf16.bf16
+    seq, cs = make_seq(length, seed=9), cands(40, seed=10)
+    fast, ref = bf16.score_logits(seq, cs, REQ), bf16.reference_logits(seq, cs, REQ)
+    diff = float((fast - ref).abs().max())
+    assert 0 < diff < BF16_ATOL
+    for h in range(fast.shape[1]):  # the candidates' order per head is what ranking uses
+        assert np.corrcoef(fast[:, h], ref[:, h])[0, 1] > 0.999
+
+
+def test_bf16_falls_back_to_float_for_two_heads(items: MemoryItemStore) -> None:
+    scorer = Scorer(model(nhead=2), items, threads=1, bf16=True)
+    assert not scorer.bf16
+    assert_parity(scorer, make_seq(30), cands(10))
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_serving_sequence_is_the_scorers_path_row_by_row(items: MemoryItemStore, bf16: bool) -> None:
+    """``serving_sequence`` (the eval's --bf16 check) gives each (user, candidate) row what the Scorer computes
+    for that user and candidate."""
+    m = model()
+    scorer = Scorer(m, items, threads=1, bf16=bf16)
+    seqs, cs = [make_seq(n, seed=n) for n in (30, 7, 0)], cands(3)
+    batch = build_batch(seqs, [REQ] * 3, items, m.cfg.encoder_config.seq_len, cs)
+    with torch.inference_mode():
+        cand = m.items(batch["cand_vec"], batch["cand_has_vec"], batch["cand_hash"])
+        got = m.head_logits(m.join(serving_sequence(m, bf16=bf16)(batch, cand), cand, batch))
+    want = torch.cat([scorer.score_logits(s, [c], REQ) for s, c in zip(seqs, cs, strict=True)])
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)

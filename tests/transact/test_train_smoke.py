@@ -76,14 +76,17 @@ def test_train_then_eval_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     for h in ("click", "save", "hide"):
         assert again["heads"][h]["auc"] == pytest.approx(metrics["heads"][h]["auc"], abs=1e-6)
 
-    # --int8-dcn: a second row scored with the serving path's int8 cross layers, and how far it moved
+    # --int8-dcn / --bf16: rows scored with the serving path's int8 cross layers and its bf16 transformer
+    # GEMMs, and how far each moved
     assert cli_main(["eval", "transact", "--checkpoint", str(out / "model.pt"), "--events", str(events),
-                     "--out", str(tmp_path / "eval8.json"), "--device", "cpu", "--int8-dcn",
+                     "--out", str(tmp_path / "eval8.json"), "--device", "cpu", "--int8-dcn", "--bf16",
                      "--log-level", "WARNING"]) == 0
     printed = capsys.readouterr().out
     assert "| int8 DCN (serving) |" in printed and "int8 - float32 HIT@3 click" in printed
-    q = json.loads((tmp_path / "eval8.json").read_text())["int8_dcn"]
-    assert 0 < q["max_abs_dp"] < 0.05 and 0 <= q["top3_changed"] <= 1
+    assert "| bf16 transformer (serving) |" in printed and "bf16 - float32 HIT@3 hide" in printed
+    for key in ("int8_dcn", "bf16"):
+        q = json.loads((tmp_path / "eval8.json").read_text())[key]
+        assert 0 < q["max_abs_dp"] < 0.05 and 0 <= q["top3_changed"] <= 1, key
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
