@@ -211,13 +211,20 @@ class WorkerSettings(KafkaSettings, EventSettings):
       loop past 3 s and trigger a needless rebalance; 6 s keeps the margin and still recovers in seconds.
     * ``heartbeat_interval_s=0.5`` (≤ session/3, Kafka's rule), ``rebalance_timeout_s=10``,
       ``max_poll_interval_s=30``: a rebalance waits at most 10 s for slow members.
-    * ``max_poll_records=4000``: Faust hands each ``getmany`` batch to the agent's 4096-slot buffer and
+    * ``max_poll_records=4000``: Faust hands each ``getmany`` batch to the agent's buffer and
       only polls again once the batch is queued; unbounded (the default), one poll returns ~40k records
       and on a CPU-starved box the next poll came > 30 s later, so the broker-side poll timer made the
       worker leave its group mid-stream (observed). 4000 records are under a second of work at our rates
       (8 s even at 500 events/s, far below ``max_poll_interval_s``). With the fast hand-off
       (:mod:`streams.drain`), 1000 left the worker waiting between polls: it used 0.70 / 0.74 of a core
       with the machine half idle, against 0.85 / 0.94 with 4000 (one worker, ``make bench`` platform section).
+    * ``stream_buffer_maxsize=32768`` (Faust: 4096): Faust takes a partition out of the fetch when the agent's
+      buffer is 80% full and gives it back at 40%; with 4096 slots that happened every few hundred ms, and
+      each time the pair of workers waited for the next fetch: two workers used 1.08-1.19 cores of the 2 with
+      the machine 1.25-1.41 busy (per-thread schedstat: the main threads on a CPU 58-70% of the time, waiting
+      for one only 8%). Measured on an AMD EPYC, 300k events, ``bench.run --only platform``: one worker
+      10,870-12,976 -> 14,095-15,565 events/s, two 15,244-16,586 -> 21,738-23,070 (16384: 13,650 / 20,627).
+      The buffer holds parsed events (~32k x ~1 KB at most) and fills only while the worker is behind.
     * ``commit_interval_s=1``: offsets (and the changelog before them) are committed every second, so a
       crash replays at most ~1 s of input (replays are harmless: the sequence update is idempotent).
     * ``standby_replicas=0``: a standby doubles the changelog reading on this 2-core box; with the
@@ -244,7 +251,7 @@ class WorkerSettings(KafkaSettings, EventSettings):
     fast_drain: bool = Field(True, description="hand each message to the agent without Faust's 4 tasks per "
                                                "message (streams.drain; ~1.4-2x one worker's throughput); false = "
                                                "Faust's own loop (both with the seek fix in streams.drain)")
-    stream_buffer_maxsize: int = Field(4096, ge=1, le=1_000_000,
+    stream_buffer_maxsize: int = Field(32768, ge=1, le=1_000_000,
                                        description="events queued between the consumer and the agent")
 
     api_token: SecretStr = Field(SecretStr(""), description="bearer token for the API (empty = no auth)")
