@@ -109,8 +109,9 @@ def load_models(settings: WorkerSettings) -> Models:
     if settings.transact_checkpoint is not None:
         path, var = Path(settings.transact_checkpoint), "ACTIONSTREAM_TRANSACT_CHECKPOINT"
         try:
-            bf16 = settings.score_bf16 == "on" or (settings.score_bf16 == "auto" and bf16_native())
-            if settings.score_bf16 == "on" and not bf16_native():
+            native = bf16_native()
+            bf16 = settings.score_bf16 == "on" or (settings.score_bf16 == "auto" and native)
+            if settings.score_bf16 == "on" and not native:
                 log.warning("ACTIONSTREAM_SCORE_BF16=on on a CPU without AVX512-BF16 / AMX: torch emulates bf16 "
                             "and scoring gets slower, not faster")
             scorer = Scorer.from_checkpoint(path, models.items, threads=settings.score_threads,
