@@ -65,6 +65,9 @@ class PlatformRun:
     broker_cpu_seconds: float = 0.0
     machine_busy_cores: float = 0.0  # every process on the machine, from /proc/stat
     replayed: int = 0  # events handled more than once (after a rebalance), not counted in ``events``
+    # several workers: the rate until the first of them ran out of work, and how long the others went on alone
+    all_busy_events_per_s: float = 0.0
+    tail_s: float = 0.0
 
     @property
     def events_per_cpu_s(self) -> float:
@@ -157,6 +160,8 @@ def measure_platform(env: BenchEnv, topic: str, n: int, *, workers: int = 1, tim
     try:
         first: float | None = None
         handled, last_change, at_change = -1.0, t0, (0.0, 0.0, 0.0)
+        moved: list[tuple[float, float]] = [(t0, 0.0)] * len(procs)  # per worker: (last move, group total then)
+        per_worker: list[float] = [-1.0] * len(procs)
         base, ready_s, next_commit_check = 0.0, 0.0, 0.0
         at_first = (0.0, 0.0, 0.0)
         deadline = t0 + timeout
@@ -174,6 +179,9 @@ def measure_platform(env: BenchEnv, topic: str, n: int, *, workers: int = 1, tim
                 time.sleep(0.05)
                 continue
             total = sum(c[0] for c in counts)
+            for i, c in enumerate(counts):
+                if c[0] != per_worker[i]:
+                    per_worker[i], moved[i] = c[0], (now, total)
             if total != handled:
                 handled, last_change, at_change = total, now, usage()
             elif now - last_change > stall_s:
@@ -208,9 +216,14 @@ def measure_platform(env: BenchEnv, topic: str, n: int, *, workers: int = 1, tim
     if counted < n / 2:
         raise RuntimeError(f"only {counted} of {n} events were handled after all {workers} workers were consuming: "
                            "the topic is too small to time them together")
+    assert first is not None
+    done_at, total_then = min(moved)  # the first worker to run out of work (the last move of its counter)
+    # the handled counters include events handled again after the start-up rebalance: left out, all of them
+    all_busy = max(0.0, total_then - base - max(0.0, handled - n)) / (done_at - first) if done_at > first else 0.0
     return PlatformRun(events=counted, workers=workers, events_per_s=counted / seconds, seconds=seconds, ready_s=ready_s,
                        rerouted=rerouted, rss_bytes=rss, cpu_seconds=cpu, broker_cpu_seconds=broker_cpu,
-                       machine_busy_cores=busy, replayed=int(max(0.0, handled - n)))
+                       machine_busy_cores=busy, replayed=int(max(0.0, handled - n)),
+                       all_busy_events_per_s=all_busy, tail_s=max(0.0, last_change - done_at))
 
 
 def measure_decode_only(env: BenchEnv, topic: str, n: int, timeout: float = 300.0) -> PlatformRun:
