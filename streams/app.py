@@ -162,7 +162,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         conf["blocking_timeout"] = settings.blocking_timeout_s
     app = faust.App(settings.worker_id, **conf)
     from streams.drain import install
-    install(app, fast_drain=settings.fast_drain)
+    install(app, fast_drain=settings.fast_drain, fetch_max_wait_ms=settings.fetch_max_wait_ms)
     return app
 
 

@@ -41,6 +41,18 @@ active, so the agent drained its buffer and sat idle until that second ended (~9
 here that wait is 50 ms (one worker: 5,100-5,800 vs 4,700-5,700 events/s, now at ~1 core; two: 9,800-10,900
 vs 7,300-9,700).
 
+The broker-side fetch wait (:class:`WorkerConsumerThread`, every worker): aiokafka keeps one fetch request in
+flight per broker, and a partition whose records are still buffered in the client is left out of the next
+request. So while the input partitions still had records, the request held only the quiet partitions (the
+reroute and daily topics), and the broker parked it for ``fetch_max_wait_ms``, which Faust hard-codes to
+1500 ms. An input partition that ran out of buffered records meanwhile could not be fetched before that
+request came back: single ``getmany`` waits of 0.3-1.4 s with the agent's buffer empty, two workers idle
+~25% of the time (1.4-1.5 cores of 2 used), and a last worker draining its partitions alone for 0.6-2 s at the
+end of a run. ``ACTIONSTREAM_FETCH_MAX_WAIT_MS`` (default :data:`FETCH_MAX_WAIT_MS` = 50 ms) bounds that wait; an
+idle worker then sends ~20 empty fetches a second. AMD EPYC, ``bench.run --only platform``, two alternating
+series of 3 rounds of 200k events: two workers 21.7-29.4k -> 24.2-31.3k events/s, 2 / 1 worker median
+1.54-1.61x -> 1.77-1.79x, the tail alone 0.6-2.0 -> 0.1-0.7 s; one worker unchanged (13.5-16.1k).
+
 ``ACTIONSTREAM_FAST_DRAIN=false`` gives Faust's own loop back (the benchmark compares both). With another Faust
 release, whose drain loop differs from the copied one (checked by a hash of its source at start-up), the
 worker logs a warning and keeps Faust's own loop.
@@ -56,15 +68,17 @@ import types
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterable
 from typing import Any, cast
 
+import aiokafka
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING, RecordMap, ensure_TP
 from faust.transport.consumer import Consumer as FaustConsumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Transport
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
-from faust.transport.drivers.aiokafka import Transport
 from faust.types import TP
 from mode import Service, ServiceT
 
-__all__ = ["FastDrainConsumer", "SeekSafeConsumer", "YIELD_EVERY", "faust_loop_matches", "finish", "install", "resume"]
+__all__ = ["FETCH_MAX_WAIT_MS", "YIELD_EVERY", "FastDrainConsumer", "SeekSafeConsumer", "WorkerConsumerThread",
+           "faust_loop_matches", "finish", "install", "resume"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +96,10 @@ YIELD_EVERY = 10
 # FastDrainConsumer._wait_next_records): the agent's buffer still holds 40% (~0.3 s of work) when the
 # partition is given back, so 50 ms never lets it run dry; ~20 extra fetch calls per second while held back.
 HELD_BACK_FETCH_WAIT_S = 0.05
+
+# The longest the broker parks a fetch with no new records (aiokafka's fetch_max_wait_ms; Faust: 1500 ms):
+# the default of WorkerSettings.fetch_max_wait_ms. See the module docstring.
+FETCH_MAX_WAIT_MS = 50
 
 
 @types.coroutine
@@ -108,8 +126,28 @@ async def finish(coro: Coroutine[Any, Any, Any], blocked_on: Any) -> Any:
     return await resume(coro, blocked_on)
 
 
+class WorkerConsumerThread(AIOKafkaConsumerThread):
+    """Faust's consumer thread, whose aiokafka consumer parks a fetch at the broker for at most
+    ``transport.fetch_max_wait_ms`` (set by :func:`install`; Faust hard-codes 1500 ms). See the module docstring."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait_ms = getattr(transport, "fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            if not hasattr(consumer, "_fetch_max_wait_ms"):  # aiokafka passes it to its Fetcher at start()
+                log.warning("aiokafka %s has no _fetch_max_wait_ms: the fetch wait stays at Faust's 1500 ms",
+                            getattr(aiokafka, "__version__", "?"))
+            else:
+                consumer._fetch_max_wait_ms = wait_ms
+        return consumer
+
+
 class SeekSafeConsumer(AIOKafkaConsumer):
-    """Faust's aiokafka consumer whose :meth:`perform_seek` stops the flow first (every worker uses it)."""
+    """Faust's aiokafka consumer whose :meth:`perform_seek` stops the flow first (every worker uses it), on a
+    :class:`WorkerConsumerThread`."""
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return WorkerConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def perform_seek(self) -> None:
         """Stop the flow, then seek every partition to its committed offset, and a partition without one to
@@ -303,8 +341,9 @@ def faust_loop_matches() -> bool:
     return hashlib.sha256(src.encode()).hexdigest() == FAUST_DRAIN_SHA256
 
 
-def install(app: Any, *, fast_drain: bool = True) -> bool:
-    """Make ``app`` build a :class:`FastDrainConsumer`, or a :class:`SeekSafeConsumer` with Faust's own loop.
+def install(app: Any, *, fast_drain: bool = True, fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> bool:
+    """Make ``app`` build a :class:`FastDrainConsumer`, or a :class:`SeekSafeConsumer` with Faust's own loop;
+    both fetch with ``fetch_max_wait_ms`` (:class:`WorkerConsumerThread`).
 
     Call before the app creates its consumer. Returns True when the fast drain is in place: False with
     ``fast_drain=False``, or (logging a warning, keeping Faust's own loop) when the installed Faust's drain
@@ -317,6 +356,7 @@ def install(app: Any, *, fast_drain: bool = True) -> bool:
     if app._consumer is not None:  # noqa: SLF001
         raise RuntimeError("the app's consumer already exists; install the drain before starting it")
     transport.Consumer = SeekSafeConsumer  # type: ignore[misc]  # per app, not for every Transport
+    transport.fetch_max_wait_ms = fetch_max_wait_ms  # type: ignore[attr-defined]  # read by WorkerConsumerThread
     if not fast_drain:
         return False
     if not faust_loop_matches():

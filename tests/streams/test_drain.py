@@ -18,7 +18,14 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
 from streams.app import create_app
-from streams.drain import HELD_BACK_FETCH_WAIT_S, FastDrainConsumer, SeekSafeConsumer, finish
+from streams.drain import (
+    FETCH_MAX_WAIT_MS,
+    HELD_BACK_FETCH_WAIT_S,
+    FastDrainConsumer,
+    SeekSafeConsumer,
+    WorkerConsumerThread,
+    finish,
+)
 from streams.settings import WorkerSettings
 
 
@@ -379,3 +386,34 @@ def test_with_every_partition_held_back_the_fetch_resumes_when_one_comes_back(tm
     timeouts, took = _fetch_timeouts(tmp_path, "all", hold_back={TP_IN}, active={TP_IN})
     assert timeouts == []  # nothing to fetch from while none is active
     assert took < 0.5
+
+
+def _fetch_max_wait_of_the_worker_consumer(tmp_path, name: str, **overrides: Any) -> int:  # type: ignore[no-untyped-def]
+    """The ``fetch_max_wait_ms`` of the aiokafka consumer the worker's consumer thread builds (not started)."""
+    app = create_app(WorkerSettings.load(data_dir=tmp_path / name, worker_id=f"fetch-{name}", **overrides))
+    thread = app.consumer._thread  # noqa: SLF001
+
+    async def build() -> int:
+        consumer = thread._create_worker_consumer(app.transport)  # noqa: SLF001
+        return int(consumer._fetch_max_wait_ms)  # noqa: SLF001
+
+    assert isinstance(thread, WorkerConsumerThread)
+    return asyncio.run(build())
+
+
+def test_the_worker_consumer_fetches_with_the_configured_broker_wait(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Faust hard-codes a 1500 ms broker-side fetch wait; a fetch that holds only quiet partitions blocks every
+    other fetch to that broker for that long (aiokafka: one fetch in flight per broker)."""
+    assert _fetch_max_wait_of_the_worker_consumer(tmp_path, "default") == FETCH_MAX_WAIT_MS == 50
+    assert _fetch_max_wait_of_the_worker_consumer(tmp_path, "custom", fetch_max_wait_ms=200) == 200
+    assert _fetch_max_wait_of_the_worker_consumer(tmp_path, "stock", fast_drain=False) == 50  # Faust's own loop too
+
+
+def test_aiokafka_builds_its_fetcher_from_the_attribute_the_thread_sets() -> None:
+    """The wait is set on aiokafka's private ``_fetch_max_wait_ms``, which ``start()`` hands to its Fetcher: an
+    aiokafka release that renames it makes this fail (the worker would only log a warning)."""
+    import inspect
+
+    import aiokafka
+
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(aiokafka.AIOKafkaConsumer.start)
