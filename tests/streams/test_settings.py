@@ -112,3 +112,13 @@ def test_score_bf16_choices(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
         WorkerSettings.load(data_dir=tmp_path)
     lines = [line for line in str(err.value).splitlines() if "ACTIONSTREAM_SCORE_BF16" in line]
     assert len(lines) == 1 and "'auto', 'on' or 'off'" in lines[0], str(err.value)
+
+
+def test_fetch_max_wait_ms_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert WorkerSettings.load(data_dir=tmp_path).fetch_max_wait_ms == 50
+    monkeypatch.setenv("ACTIONSTREAM_FETCH_MAX_WAIT_MS", "200")
+    assert WorkerSettings.load(data_dir=tmp_path).fetch_max_wait_ms == 200
+    monkeypatch.setenv("ACTIONSTREAM_FETCH_MAX_WAIT_MS", "0")
+    with pytest.raises(ConfigError) as err:
+        WorkerSettings.load(data_dir=tmp_path)
+    assert "ACTIONSTREAM_FETCH_MAX_WAIT_MS" in str(err.value)
