@@ -228,7 +228,7 @@ class WorkerSettings(KafkaSettings, EventSettings):
     * ``fetch_max_wait_ms=50`` (Faust: 1500): aiokafka has one fetch in flight per broker, and one that holds
       only quiet partitions is parked at the broker that long, while input partitions that ran dry wait for it
       (``streams.drain`` module docstring): two workers 21.7-29.4k -> 24.2-31.3k events/s, 2 / 1 worker
-      1.54-1.61x -> 1.77-1.79x. An idle worker sends ~20 empty fetches a second.
+      1.54-1.61x -> 1.77-1.79x. An idle worker sends ~20 empty fetches a second (1.8% -> 3.3% of a core).
     * ``commit_interval_s=1``: offsets (and the changelog before them) are committed every second, so a
       crash replays at most ~1 s of input (replays are harmless: the sequence update is idempotent).
     * ``standby_replicas=0``: a standby doubles the changelog reading on this 2-core box; with the
