@@ -15,7 +15,10 @@ topic the same way, so the ratio platform / decode-only is measured side by side
 
     python -m bench.platform_throughput --events 100000 --users 10000 [--workers 2] [--bootstrap host:port]
 
-Importable: :func:`measure_platform` returns a :class:`PlatformRun` (used by ``bench.run``).
+Importable: :func:`measure_platform` returns a :class:`PlatformRun` (used by ``bench.run``). With several workers
+it also gives the rate until the first of them ran out of work and how long the others went on alone; the
+benchmark's scale-out figure is the median of 3 alternating rounds of one and two workers
+(``bench.sections._scale_out``); ``--repeat`` here repeats one configuration.
 """
 
 from __future__ import annotations

@@ -227,12 +227,12 @@ def _scale_out(ctx: Ctx, sec: Section, mod: Any) -> None:
     with the same code in one session. Each round here times one worker, then two, on the same longer topic, so a
     round's ratio compares runs made under the same machine load.
 
-    The scale-out topic deals its events to the users round-robin, so its 8 partitions hold about the same number
-    of events (200k: 24.2k to 26.4k per partition). On the shared topic the users' activity is Zipf-skewed and its partitions differ by up
-    to 1.7x (200k events: 19.5k to 33.1k per partition; the two workers' halves 93k and 107k): one worker then
-    drains its surplus alone for the last 1.2-1.4 s of a ~9 s run, whatever the platform does; that measures
-    the workload's key skew, not the second worker. The rate while both workers had work (until the first ran
-    out) is reported next to the whole drain."""
+    The scale-out topic deals its events to the users round-robin, so its 8 partitions hold about the same
+    number of events (200k: 24.2k to 26.4k per partition). On the shared topic the users' activity is Zipf-skewed
+    and its partitions differ by up to 1.7x (200k events: 19.5k to 33.1k per partition; the two workers' halves
+    93k and 107k): the worker with more would drain the difference alone at the end, which measures the
+    workload's key skew, not the second worker. The rate while both workers had work (until the first ran out)
+    is reported next to the whole drain, with the seconds the other went on alone."""
     w = ctx.workload
     n = max(SCALE_OUT_EVENTS, w.n)
     topic = ctx.env.prefilled("bench-scale", make_events(n, w.users, seed=13, uniform_users=True))
@@ -267,11 +267,11 @@ def _scale_out(ctx: Ctx, sec: Section, mod: Any) -> None:
         sec.notes.append(f"two workers: {two.replayed:,} events were handled a second time after the start-up "
                          "rebalance (read before it but not yet committed: every partition restarts from its committed "
                          "offset, on its new owner or its old one); they are work done, not counted as events")
-    sec.notes.append(f"{w.n:,} pre-filled events (scale-out: {n:,}, {n // w.users} per user, on a topic of their own), {w.users:,} users; timed "
-                     "from the first poll at which every worker had handled an event (two workers: after the group's "
-                     f"start-up rebalance; {two.events:,} events counted) to the last, once the group had committed "
-                     "every input offset (polling /metrics every 50 ms); the broker and the benchmark share the same "
-                     "2 cores")
+    sec.notes.append(f"{w.n:,} pre-filled events (scale-out: {n:,}, {n // w.users} per user, on a topic of their "
+                     f"own), {w.users:,} users; timed from the first poll at which every worker had handled an event "
+                     f"(two workers: after the group's start-up rebalance; {two.events:,} events counted) to the last, "
+                     "once the group had committed every input offset (polling /metrics every 50 ms); the broker and "
+                     "the benchmark share the same 2 cores")
 
 
 # ------------------------------------------------------------------------------------------------ workers
