@@ -179,13 +179,7 @@ class ServingPath(torch.nn.Module):
         self.sequence = serving_sequence(model, bf16=True) if bf16 else None  # type: ignore[arg-type]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        m = self.model
-        if self.sequence is None:
-            x0 = m.features(batch)  # type: ignore[operator]
-        else:
-            cand = m.items(batch["cand_vec"], batch["cand_has_vec"], batch["cand_hash"])  # type: ignore[operator]
-            x0 = m.join(self.sequence(batch, cand), cand, batch)  # type: ignore[operator]
-        return m.head_logits(x0, self.cross8)  # type: ignore[operator]
+        return self.model.head_logits(self.model.features(batch, self.sequence), self.cross8)  # type: ignore[operator]
 
 
 def precision_report(model: torch.nn.Module, other: torch.nn.Module, data: PointInTimeData, idx: np.ndarray, *,

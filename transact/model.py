@@ -281,10 +281,12 @@ class RankingModel(nn.Module):
             return (rows * real).sum(1) / real.sum(1).clamp_min(1.0)
         return None
 
-    def features(self, batch: dict[str, Tensor]) -> Tensor:
-        """x0 (B, in_dim): the DCN input."""
+    def features(self, batch: dict[str, Tensor],
+                 sequence: Callable[[dict[str, Tensor], Tensor], Tensor | None] | None = None) -> Tensor:
+        """x0 (B, in_dim): the DCN input. ``sequence``: computes the sequence part in place of
+        :meth:`sequence` (the serving path's fused transformer, :class:`transact.evaluate.ServingPath`)."""
         cand = self.items(batch["cand_vec"], batch["cand_has_vec"], batch["cand_hash"])  # (B, Di)
-        seq = self.sequence(batch, cand)
+        seq = (sequence or self.sequence)(batch, cand)
         return self.join(seq, cand, batch)
 
     def join(self, seq: Tensor | None, cand: Tensor, batch: dict[str, Tensor]) -> Tensor:
