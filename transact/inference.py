@@ -228,7 +228,6 @@ class _Layer:
         """A general layer on (C, L, d). ``key_bias``: None when every position is real (padding cut off),
         else (C, 1, L) with 0 at real keys and -inf at padded ones. ``x`` is overwritten."""
         heads, (n, length, d) = self.m.shape[0], x.shape
-        xt = x.transpose(1, 2)  # (C, d, L)
         if self.half is not None:  # the same steps with bf16 GEMM operands; x, the residual and LN in float32
             hf = self.half
             xb = x.to(torch.bfloat16)
@@ -243,11 +242,12 @@ class _Layer:
             # half in place, c into the residual (rows of P sum to 1: P (x N + c) = P x N + c)
             q, v = torch.mm(x.view(-1, d), self.mn).view(n, length, 2 * d).split(d, -1)
             q.add_(self.u[0])
-            s = torch.bmm(q, xt)
+            s = torch.bmm(q, x.transpose(1, 2))  # (C, L, L)
             if key_bias is not None:
                 s.add_(key_bias)
             pre = x.add_(self.c).baddbmm_(torch.softmax(s, -1), v)  # x + P (x N + c), in x's memory
         else:
+            xt = x.transpose(1, 2)  # (C, d, L)
             pre = x + self.c
             for k in range(heads):
                 q = torch.matmul(x, self.m[k]) + self.u[k]
@@ -473,11 +473,11 @@ class Scorer:
         t = self.cfg.encoder_config
         self.seq_len, self.item_dim, self.hash_buckets = t.seq_len, t.item_dim, t.hash_buckets
         tr = model.transact
-        if bf16 and (tr is None or tr.cfg.nhead != 1):
+        if bf16 and (tr is None or not tr.cfg.early_fusion or tr.cfg.nhead != 1):
             log.warning("bf16 GEMMs are implemented for the 1-head early-fusion transformer: this model scores in "
                         "float32")
             bf16 = False
-        self.bf16 = bf16 and tr is not None and tr.cfg.early_fusion
+        self.bf16 = bf16
         self.fused = _FusedTransAct(tr, chunk, self.bf16) if tr is not None and tr.cfg.early_fusion else None
         self.cross8: list[Int8Linear] | None = None
         if int8_cross and int8_available():
