@@ -38,7 +38,7 @@ from bench.transact_direct_port import DirectPortTransAct
 from streams.items import MemoryItemStore
 from streams.sequence import Act
 from transact.features import build_batch
-from transact.inference import Encoder, Scorer, bf16_native
+from transact.inference import Encoder, Scorer, bf16_for
 from transact.model import RankingConfig, RankingModel, TransAct, TransActConfig
 
 REQ = 1_700_000_000_000
@@ -120,7 +120,7 @@ def measure(*, threads: int = 2, quick: bool = False, seed: int = 0, progress: b
         res[f"encoder_b{b}_seq_per_s"] = b / (p50 / 1e3)
 
     model = RankingModel(RankingConfig()).eval()
-    scorer = Scorer(model, items, threads=threads, int8_cross=True, bf16=bf16_native())  # the worker's defaults
+    scorer = Scorer(model, items, threads=threads, int8_cross=True, bf16=bf16_for("auto"))  # the worker's defaults
     exact = Scorer(model, items, threads=threads)
     res["int8_dcn"] = scorer.cross8 is not None
     res["bf16"] = scorer.bf16

@@ -102,20 +102,15 @@ def torch_threads_for_scoring() -> None:
 
 def load_models(settings: WorkerSettings) -> Models:
     """Load the configured checkpoints (CPU, eval mode). Raises :class:`ConfigError` on any problem."""
-    from transact.inference import Encoder, Scorer, bf16_native
+    from transact.inference import Encoder, Scorer, bf16_for
 
     models = Models(items=load_items(settings.items_path))
     threads = settings.torch_threads
     if settings.transact_checkpoint is not None:
         path, var = Path(settings.transact_checkpoint), "ACTIONSTREAM_TRANSACT_CHECKPOINT"
         try:
-            native = bf16_native()
-            bf16 = settings.score_bf16 == "on" or (settings.score_bf16 == "auto" and native)
-            if settings.score_bf16 == "on" and not native:
-                log.warning("ACTIONSTREAM_SCORE_BF16=on on a CPU without AVX512-BF16 / AMX: torch emulates bf16 "
-                            "and scoring gets slower, not faster")
             scorer = Scorer.from_checkpoint(path, models.items, threads=settings.score_threads,
-                                            int8_cross=settings.score_int8_dcn, bf16=bf16)
+                                            int8_cross=settings.score_int8_dcn, bf16=bf16_for(settings.score_bf16))
         except Exception as exc:  # noqa: BLE001 - unreadable, wrong format, wrong kind
             raise ConfigError(f"{var}: cannot load {path}: {type(exc).__name__}: {exc}") from None
         t = scorer.cfg.encoder_config

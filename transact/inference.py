@@ -91,7 +91,7 @@ from streams.sequence import Act
 from transact.features import build_batch, build_batch_from_blobs
 from transact.model import RankingModel, TransAct, TransActConfig, load_checkpoint
 
-__all__ = ["Encoder", "Int8Linear", "Scorer", "bf16_native", "int8_available", "int8_cross_layers",
+__all__ = ["Encoder", "Int8Linear", "Scorer", "bf16_for", "bf16_native", "int8_available", "int8_cross_layers",
            "serving_sequence"]
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,18 @@ def bf16_native() -> bool:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # a torch without these probes
         return False
+
+
+def bf16_for(choice: str) -> bool:
+    """``ACTIONSTREAM_SCORE_BF16`` -> the Scorer's ``bf16``: ``auto`` = :func:`bf16_native`, ``on``, ``off``.
+    ``on`` without native bf16 logs a warning (emulated bf16 GEMMs are slower than float32)."""
+    if choice not in ("auto", "on", "off"):
+        raise ValueError(f"bf16 choice {choice!r}: auto, on or off")
+    native = bf16_native()
+    if choice == "on" and not native:
+        log.warning("ACTIONSTREAM_SCORE_BF16=on on a CPU without AVX512-BF16 / AMX: torch emulates bf16 and "
+                    "scoring gets slower, not faster")
+    return choice == "on" or (choice == "auto" and native)
 
 
 def int8_available() -> bool:

@@ -46,7 +46,7 @@ from tests.streams.harness import (
     read_topic,
     wait_until,
 )
-from transact.inference import Encoder, Scorer, bf16_native
+from transact.inference import Encoder, Scorer, bf16_for
 from transact.model import RankingConfig, RankingModel, TransAct, TransActConfig, save_checkpoint
 
 pytestmark = pytest.mark.kafka
@@ -217,7 +217,7 @@ def test_hybrid_features_end_to_end(kafka: Any, unique_topic: Callable[[str], st
         assert WorkerSettings.model_fields["score_bf16"].default == "auto"
         scorer = Scorer.from_checkpoint(paths["ranking"], MemoryItemStore.from_file(paths["items"]),
                                         int8_cross=WorkerSettings.model_fields["score_int8_dcn"].default,
-                                        bf16=bf16_native())
+                                        bf16=bf16_for(WorkerSettings.model_fields["score_bf16"].default))
         daily_vec = np.asarray(record["vector"], np.float32)
         served = np.array([[row[h] for h in heads] for row in body["scores"]])
         np.testing.assert_allclose(served, scorer.score(seq, candidates, now_ms(), daily_vec), rtol=1e-4, atol=1e-6)

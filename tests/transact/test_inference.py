@@ -23,7 +23,15 @@ import torch
 from streams.items import MemoryItemStore
 from streams.sequence import Act
 from transact.features import build_batch
-from transact.inference import Encoder, Int8Linear, Scorer, int8_available, serving_sequence
+from transact.inference import (
+    Encoder,
+    Int8Linear,
+    Scorer,
+    bf16_for,
+    bf16_native,
+    int8_available,
+    serving_sequence,
+)
 from transact.model import RankingConfig, RankingModel, TransAct, TransActConfig, save_checkpoint
 
 REQ = 1_700_000_000_000
@@ -303,7 +311,14 @@ def test_serving_sequence_is_the_scorers_path_row_by_row(items: MemoryItemStore,
     seqs, cs = [make_seq(n, seed=n) for n in (30, 7, 0)], cands(3)
     batch = build_batch(seqs, [REQ] * 3, items, m.cfg.encoder_config.seq_len, cs)
     with torch.inference_mode():
-        cand = m.items(batch["cand_vec"], batch["cand_has_vec"], batch["cand_hash"])
-        got = m.head_logits(m.join(serving_sequence(m, bf16=bf16)(batch, cand), cand, batch))
+        got = m.head_logits(m.features(batch, serving_sequence(m, bf16=bf16)))
     want = torch.cat([scorer.score_logits(s, [c], REQ) for s, c in zip(seqs, cs, strict=True)])
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_bf16_for_resolves_the_setting() -> None:
+    """ACTIONSTREAM_SCORE_BF16: auto follows the CPU, on / off force it."""
+    assert bf16_for("auto") is bf16_native()
+    assert bf16_for("on") is True and bf16_for("off") is False
+    with pytest.raises(ValueError, match="auto, on or off"):
+        bf16_for("yes")
