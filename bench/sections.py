@@ -502,6 +502,13 @@ def api(ctx: Ctx, sec: Section) -> None:
                 lag[0] * 1e3, "ms")
         sec.add("worker event-loop lag: p99", lag[1] * 1e3, "ms",
                 note="how long a ready request can wait behind code holding the worker's loop")
+    from bench.live import metric
+    full = [metric(after, f"actionstream_gc_pause_seconds_{k}", generation="2")
+            - metric(before, f"actionstream_gc_pause_seconds_{k}", generation="2") for k in ("count", "sum")]
+    sec.add("worker: full garbage collections meanwhile", full[0], "",
+            note=(f"{full[1] * 1e3:.0f} ms in all; " if full[0] else "")
+            + f"start-up heap frozen: {'yes' if metric(after, 'actionstream_gc_frozen_objects') else 'no'} "
+              "(streams.heap, ACTIONSTREAM_GC_FREEZE)")
     fl = np.asarray(floor.latencies_ms)
     if len(fl):
         sec.add("floor: a bare aiohttp server, same client, rate and stream: p50", float(np.percentile(fl, 50)), "ms")

@@ -37,6 +37,8 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # event-loop lag (a timer's wake-up late by): 0.25 ms ... 1 s
 LOOP_LAG_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 LOOP_LAG_PROBE_INTERVAL_S = 0.02
+# one garbage collection: 0.1 ms ... 1 s
+GC_PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class LocalCounter:
@@ -159,6 +161,8 @@ class WorkerMetrics(NamedTuple):
     model_info: Gauge                         # {model, version}
     last_event_timestamp_seconds: Gauge
     event_loop_lag_seconds: LocalHistogram
+    gc_pause_seconds: Histogram               # {generation}: "0", "1", "2"
+    gc_frozen_objects: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> WorkerMetrics:
@@ -215,6 +219,12 @@ class WorkerMetrics(NamedTuple):
                 p + "event_loop_lag_seconds", f"How late a {LOOP_LAG_PROBE_INTERVAL_S * 1e3:.0f} ms timer on the "
                 "worker's event loop woke up: the wait any ready HTTP request or event had behind running code.",
                 buckets=LOOP_LAG_BUCKETS, registry=r),
+            gc_pause_seconds=Histogram(
+                p + "gc_pause_seconds", "Duration of one Python garbage collection, by generation (it holds "
+                "the GIL: the event loop waits for it).", ["generation"], buckets=GC_PAUSE_BUCKETS, registry=r),
+            gc_frozen_objects=Gauge(
+                p + "gc_frozen_objects", "Objects moved out of the collector's reach once the worker was ready "
+                "(streams.heap; 0 = not frozen).", registry=r),
         )
 
 

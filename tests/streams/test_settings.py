@@ -122,3 +122,13 @@ def test_fetch_max_wait_ms_from_the_environment(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(ConfigError) as err:
         WorkerSettings.load(data_dir=tmp_path)
     assert "ACTIONSTREAM_FETCH_MAX_WAIT_MS" in str(err.value)
+
+
+def test_gc_freeze_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert WorkerSettings.load(data_dir=tmp_path).gc_freeze is True
+    monkeypatch.setenv("ACTIONSTREAM_GC_FREEZE", "false")
+    assert WorkerSettings.load(data_dir=tmp_path).gc_freeze is False
+    monkeypatch.setenv("ACTIONSTREAM_GC_FREEZE", "sometimes")
+    with pytest.raises(ConfigError) as err:
+        WorkerSettings.load(data_dir=tmp_path)
+    assert "ACTIONSTREAM_GC_FREEZE" in str(err.value)

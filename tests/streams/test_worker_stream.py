@@ -93,6 +93,9 @@ def test_keyed_traffic_reaches_table_api_metrics_and_archive(env: Env) -> None:
     assert m['actionstream_freshness_seconds_count{stage="sequence"}'] > 0
     # 3000 events through a 32-event buffer: some hand-offs waited, and none was lost (checked above)
     assert m["actionstream_consumer_handoff_waits_total"] > 0
+    # ready: the start-up heap was frozen once (streams.heap), and collections are timed by generation
+    assert m["actionstream_gc_frozen_objects"] > 10_000
+    assert m['actionstream_gc_pause_seconds_count{generation="0"}'] > 0
 
 
 def test_random_partitions_still_one_sequence_per_user(env: Env) -> None:
