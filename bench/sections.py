@@ -468,6 +468,8 @@ def api(ctx: Ctx, sec: Section) -> None:
         bare = start_module("bench.bare_http", [str(bare_port)], ctx.env.dir("bare-http") / "bare.log")
         procs.append((bare, bare_port))
         wait_ready([(bare, bare_port)], 30)
+        idle = HttpLoad(port, seed_run.users, req_rate, seconds / 3).start()  # the same requests, no stream
+        idle.join()
         stream = threading.Thread(target=paced_produce, args=(ctx.env.bootstrap, topic),
                                   kwargs={"rate": 0.5 * max_rate, "seconds": 2 * seconds + 1.5, "seed": 6},
                                   daemon=True)
@@ -514,6 +516,12 @@ def api(ctx: Ctx, sec: Section) -> None:
         sec.add("floor: a bare aiohttp server, same client, rate and stream: p50", float(np.percentile(fl, 50)), "ms")
         sec.add("floor: p99", float(np.percentile(fl, 99)), "ms",
                 note="no Faust, no state: what loopback HTTP and process wake-ups on the shared cores cost here")
+    il = np.asarray(idle.latencies_ms)
+    if len(il):
+        sec.add("the API alone, same client and rate, no stream: p50", float(np.percentile(il, 50)), "ms")
+        sec.add("the API alone: p99", float(np.percentile(il, 99)), "ms",
+                note=f"{len(il):,} requests to the same worker before the stream starts: the API's own cost, "
+                     "without the stream's work on the worker's loop and the cores")
     sec.notes.append(f"{len(lat):,} requests at {req_rate:.0f}/s over one keep-alive connection, client-side "
                      f"latency; statuses {dict(sorted(load.status.items()))}, {load.errors} errors; the stream ran "
                      f"at 50% of max ({0.5 * max_rate:,.0f} events/s) meanwhile; {len(seed_run.users)} users queried")
