@@ -451,7 +451,7 @@ def realtime(ctx: Ctx, sec: Section) -> None:
 def api(ctx: Ctx, sec: Section) -> None:
     import asyncio  # noqa: F401 - paced producer runs in its own loop in a thread
 
-    from bench.live import HttpLoad, histogram_quantiles, paced_produce, scrape, wait_ready
+    from bench.live import HttpLoad, histogram_quantiles, metric, paced_produce, scrape, wait_ready
     _need("streams.api", "the feature API")
     max_rate = _max_rate(ctx)
     topic = ctx.env.topic("bench-api")
@@ -504,11 +504,10 @@ def api(ctx: Ctx, sec: Section) -> None:
                 lag[0] * 1e3, "ms")
         sec.add("worker event-loop lag: p99", lag[1] * 1e3, "ms",
                 note="how long a ready request can wait behind code holding the worker's loop")
-    from bench.live import metric
-    full = [metric(after, f"actionstream_gc_pause_seconds_{k}", generation="2")
-            - metric(before, f"actionstream_gc_pause_seconds_{k}", generation="2") for k in ("count", "sum")]
-    sec.add("worker: full garbage collections meanwhile", full[0], "",
-            note=(f"{full[1] * 1e3:.0f} ms in all; " if full[0] else "")
+    full_count, full_s = (metric(after, f"actionstream_gc_pause_seconds_{k}", generation="2")
+                          - metric(before, f"actionstream_gc_pause_seconds_{k}", generation="2") for k in ("count", "sum"))
+    sec.add("worker: full garbage collections meanwhile", full_count, "",
+            note=(f"{full_s * 1e3:.0f} ms in all; " if full_count else "")
             + f"start-up heap frozen: {'yes' if metric(after, 'actionstream_gc_frozen_objects') else 'no'} "
               "(streams.heap, ACTIONSTREAM_GC_FREEZE)")
     fl = np.asarray(floor.latencies_ms)
