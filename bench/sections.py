@@ -406,6 +406,35 @@ def _plot_freshness(ctx: Ctx, sec: Section, rows: list[tuple[float, np.ndarray, 
     sec.plots.append(str(path))
 
 
+def _plot_api(ctx: Ctx, sec: Section, series: list[tuple[str, np.ndarray]]) -> None:
+    """Client-side latency CDFs of ``GET features`` (log x), one line per load condition."""
+    series = [(label, lat) for label, lat in series if len(lat)]
+    if not series:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for label, lat in series:
+        xs = np.sort(lat)
+        ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs),
+                label=f"{label} (p99 {np.percentile(lat, 99):.1f} ms)",
+                ls=":" if label.startswith("bare") else "-")
+    ax.axvline(FEATURES_P99_MS, color="grey", ls="--", lw=1, label=f"p99 target {FEATURES_P99_MS:.0f} ms")
+    ax.axhline(0.99, color="grey", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("GET /v1/users/{id}/features, client-side latency, ms")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title("Feature API latency by stream load (one worker)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = ctx.out_dir / "features_latency.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    sec.plots.append(str(path))
+
+
 def realtime(ctx: Ctx, sec: Section) -> None:
     """TransAct realtime vectors on (random-weight, paper-sized checkpoint): drain cost and freshness per stage,
     through the realtime driver ``bench.realtime_freshness`` (backlog drain and live feed)."""
@@ -470,6 +499,14 @@ def api(ctx: Ctx, sec: Section) -> None:
         wait_ready([(bare, bare_port)], 30)
         idle = HttpLoad(port, seed_run.users, req_rate, seconds / 3).start()  # the same requests, no stream
         idle.join()
+        light = threading.Thread(target=paced_produce, args=(ctx.env.bootstrap, topic),
+                                 kwargs={"rate": 0.25 * max_rate, "seconds": seconds / 2 + 1.0, "seed": 7},
+                                 daemon=True)
+        light.start()
+        time.sleep(0.5)
+        quarter = HttpLoad(port, seed_run.users, req_rate, seconds / 2).start()  # a lighter stream
+        quarter.join()
+        light.join()
         stream = threading.Thread(target=paced_produce, args=(ctx.env.bootstrap, topic),
                                   kwargs={"rate": 0.5 * max_rate, "seconds": 2 * seconds + 1.5, "seed": 6},
                                   daemon=True)
@@ -521,6 +558,15 @@ def api(ctx: Ctx, sec: Section) -> None:
         sec.add("the API alone: p99", float(np.percentile(il, 99)), "ms",
                 note=f"{len(il):,} requests to the same worker before the stream starts: the API's own cost, "
                      "without the stream's work on the worker's loop and the cores")
+    ql = np.asarray(quarter.latencies_ms)
+    if len(ql):
+        sec.add(f"the same with the stream at 25% of max ({0.25 * max_rate:,.0f} events/s): p50",
+                float(np.percentile(ql, 50)), "ms")
+        sec.add("the same at 25% of max: p99", float(np.percentile(ql, 99)), "ms",
+                note=f"{len(ql):,} requests; how the tail grows with the stream's load on the worker and the cores")
+    _plot_api(ctx, sec, [("the API alone, no stream", il), ("stream at 25% of max", ql),
+                         ("stream at 50% of max (the target's condition)", lat),
+                         ("bare aiohttp floor, stream at 50%", fl)])
     sec.notes.append(f"{len(lat):,} requests at {req_rate:.0f}/s over one keep-alive connection, client-side "
                      f"latency; statuses {dict(sorted(load.status.items()))}, {load.errors} errors; the stream ran "
                      f"at 50% of max ({0.5 * max_rate:,.0f} events/s) meanwhile; {len(seed_run.users)} users queried")
