@@ -381,58 +381,42 @@ def freshness(ctx: Ctx, sec: Section) -> None:
     _plot_freshness(ctx, sec, rows)
 
 
+def _plot_latency_cdfs(ctx: Ctx, sec: Section, lines: list[tuple[str, np.ndarray, str]], *, target_ms: float,
+                       xlabel: str, counted: str, title: str, filename: str, p99_line: bool = False,
+                       legend_fontsize: float | None = None) -> None:
+    """Latency CDFs (log x), one ``(label, values in ms, line style)`` per line, with the p99 target drawn;
+    saved to ``filename`` in the run's directory and listed with the section's plots. Empty series are left out."""
+    lines = [line for line in lines if len(line[1])]
+    if not lines:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for label, lat, style in lines:
+        xs = np.sort(lat)
+        ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=label, ls=style)
+    ax.axvline(target_ms, color="grey", ls="--", lw=1, label=f"p99 target {target_ms:.0f} ms")
+    if p99_line:
+        ax.axhline(0.99, color="grey", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"fraction of {counted}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_fontsize)
+    path = ctx.out_dir / filename
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    sec.plots.append(str(path))
+
+
 def _plot_freshness(ctx: Ctx, sec: Section, rows: list[tuple[float, np.ndarray, list[float | None]]]) -> None:
-    rows = [r for r in rows if len(r[1])]
-    if not rows:
-        return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for frac, lat, _ in rows:
-        xs = np.sort(lat)
-        ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=f"{frac:.0%} of max rate")
-    ax.axvline(FRESHNESS_P99_MS, color="grey", ls="--", lw=1, label=f"p99 target {FRESHNESS_P99_MS:.0f} ms")
-    ax.set_xscale("log")
-    ax.set_xlabel("event time → first changelog record holding it (durable), ms")
-    ax.set_ylabel("fraction of events")
-    ax.set_title("Freshness, measured outside the worker (one worker)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    path = ctx.out_dir / "freshness.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    sec.plots.append(str(path))
-
-
-def _plot_api(ctx: Ctx, sec: Section, series: list[tuple[str, np.ndarray]]) -> None:
-    """Client-side latency CDFs of ``GET features`` (log x), one line per load condition."""
-    series = [(label, lat) for label, lat in series if len(lat)]
-    if not series:
-        return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for label, lat in series:
-        xs = np.sort(lat)
-        ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs),
-                label=f"{label} (p99 {np.percentile(lat, 99):.1f} ms)",
-                ls=":" if label.startswith("bare") else "-")
-    ax.axvline(FEATURES_P99_MS, color="grey", ls="--", lw=1, label=f"p99 target {FEATURES_P99_MS:.0f} ms")
-    ax.axhline(0.99, color="grey", ls=":", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("GET /v1/users/{id}/features, client-side latency, ms")
-    ax.set_ylabel("fraction of requests")
-    ax.set_title("Feature API latency by stream load (one worker)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    path = ctx.out_dir / "features_latency.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    sec.plots.append(str(path))
+    _plot_latency_cdfs(ctx, sec, [(f"{frac:.0%} of max rate", lat, "-") for frac, lat, _ in rows],
+                       target_ms=FRESHNESS_P99_MS,
+                       xlabel="event time → first changelog record holding it (durable), ms", counted="events",
+                       title="Freshness, measured outside the worker (one worker)", filename="freshness.png")
 
 
 def realtime(ctx: Ctx, sec: Section) -> None:
@@ -499,17 +483,19 @@ def api(ctx: Ctx, sec: Section) -> None:
         wait_ready([(bare, bare_port)], 30)
         idle = HttpLoad(port, seed_run.users, req_rate, seconds / 3).start()  # the same requests, no stream
         idle.join()
-        light = threading.Thread(target=paced_produce, args=(ctx.env.bootstrap, topic),
-                                 kwargs={"rate": 0.25 * max_rate, "seconds": seconds / 2 + 1.0, "seed": 7},
-                                 daemon=True)
+
+        def stream_at(fraction: float, secs: float, seed: int) -> threading.Thread:
+            """The stream at ``fraction`` of the max rate, from a thread of this process (not started)."""
+            return threading.Thread(target=paced_produce, args=(ctx.env.bootstrap, topic), daemon=True,
+                                    kwargs={"rate": fraction * max_rate, "seconds": secs, "seed": seed})
+
+        light = stream_at(0.25, seconds / 2 + 1.0, seed=7)
         light.start()
         time.sleep(0.5)
         quarter = HttpLoad(port, seed_run.users, req_rate, seconds / 2).start()  # a lighter stream
         quarter.join()
         light.join()
-        stream = threading.Thread(target=paced_produce, args=(ctx.env.bootstrap, topic),
-                                  kwargs={"rate": 0.5 * max_rate, "seconds": 2 * seconds + 1.5, "seed": 6},
-                                  daemon=True)
+        stream = stream_at(0.5, 2 * seconds + 1.5, seed=6)
         before = scrape(port)
         stream.start()
         time.sleep(0.5)
@@ -564,9 +550,12 @@ def api(ctx: Ctx, sec: Section) -> None:
                 float(np.percentile(ql, 50)), "ms")
         sec.add("the same at 25% of max: p99", float(np.percentile(ql, 99)), "ms",
                 note=f"{len(ql):,} requests; how the tail grows with the stream's load on the worker and the cores")
-    _plot_api(ctx, sec, [("the API alone, no stream", il), ("stream at 25% of max", ql),
-                         ("stream at 50% of max (the target's condition)", lat),
-                         ("bare aiohttp floor, stream at 50%", fl)])
+    _plot_latency_cdfs(ctx, sec, [(f"{label} (p99 {np.percentile(xs, 99):.1f} ms)", xs, style) for label, xs, style in (
+        ("the API alone, no stream", il, "-"), ("stream at 25% of max", ql, "-"),
+        ("stream at 50% of max (the target's condition)", lat, "-"), ("bare aiohttp floor, stream at 50%", fl, ":"))
+        if len(xs)], target_ms=FEATURES_P99_MS, xlabel="GET /v1/users/{id}/features, client-side latency, ms",
+        counted="requests", title="Feature API latency by stream load (one worker)", filename="features_latency.png",
+        p99_line=True, legend_fontsize=8)
     sec.notes.append(f"{len(lat):,} requests at {req_rate:.0f}/s over one keep-alive connection, client-side "
                      f"latency; statuses {dict(sorted(load.status.items()))}, {load.errors} errors; the stream ran "
                      f"at 50% of max ({0.5 * max_rate:,.0f} events/s) meanwhile; {len(seed_run.users)} users queried")
